@@ -1,0 +1,24 @@
+"""GPT-2 from scratch in PyTorch: model, weights I/O, tokenizer, sampling, generation, inspection."""
+
+from .config import PRESETS, GPTConfig
+from .generation import Step, StepDetails, generate, generate_text
+from .model import GPT2, KVCache, Trace
+from .sampling import (
+    SamplingParams,
+    apply_repetition_penalty,
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+    process_logits,
+    sample,
+    sampler_stages,
+)
+from .tokenizer import EOT_ID, EOT_TOKEN, encode, get_tokenizer, token_display
+from .weights import HUB_MODELS, CheckpointError
+
+__all__ = [
+    "GPT2", "GPTConfig", "PRESETS", "KVCache", "Trace", "SamplingParams", "process_logits", "sampler_stages",
+    "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "sample",
+    "generate", "generate_text", "Step", "StepDetails", "get_tokenizer", "encode", "token_display",
+    "EOT_ID", "EOT_TOKEN", "HUB_MODELS", "CheckpointError",
+]

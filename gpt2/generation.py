@@ -1,0 +1,171 @@
+"""Streaming generation: prefill once, then one cached decode step per token.
+
+``generate`` is a plain generator of ``Step`` records, so a terminal, a web UI or a test can drive it.
+It never holds a grad-mode context across a ``yield``: each model call runs in its own ``no_grad``
+scope, so the generator may be resumed on another thread (as Gradio does) and stays correct.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import GPT2, KVCache, Trace
+from .sampling import SamplingParams, make_generator, process_logits, sample
+from .tokenizer import EOT_ID, encode, get_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepDetails:
+    """What the visualisations need about one step (only computed on request)."""
+
+    top_ids: np.ndarray  # (k,) most likely next tokens under the raw distribution
+    raw_probs: np.ndarray  # (k,) their raw probabilities
+    probs: np.ndarray  # (k,) their probabilities after the sampler stages
+    chosen_raw_prob: float
+    chosen_prob: float
+    entropy: float  # of the raw distribution, in nats
+    window_start: int  # index (in prompt + generated ids) of the first token the model could see
+    attn: np.ndarray | None = None  # (n_layer, n_head, T_keys): the predicting query's attention row
+    logits: np.ndarray | None = None  # (vocab,) raw logits, to re-run the sampler stages later
+
+
+@dataclass
+class Step:
+    """One generated token."""
+
+    index: int  # 0 for the first new token
+    token_id: int
+    text: str  # newly visible text; may be "" while a character or a possible stop string is pending
+    finish_reason: str | None = None  # on the last step: "length", "eos" or "stop"
+    notice: str | None = None  # e.g. the prompt was cropped, or the context window slid
+    details: StepDetails | None = None
+
+
+class _StopFilter:
+    """Decodes token bytes incrementally and holds back text that could start a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+
+    def push(self, raw: bytes, final: bool = False) -> tuple[str, bool]:
+        """Feed a token's bytes; returns (text safe to show, whether a stop string was hit)."""
+        self.pending += self.decoder.decode(raw, final=final)
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            return self.pending[: min(hits)], True
+        hold = 0 if final else max((_overlap(self.pending, s) for s in self.stops), default=0)
+        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
+        return out, False
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+@torch.no_grad()
+def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool) -> tuple[torch.Tensor, Trace | None]:
+    """Logits for the last position only, in fp32, plus that position's attention rows if asked."""
+    trace = Trace(attn_layers=range(model.config.n_layer), attn_rows=slice(-1, None)) if want_attn else None
+    logits = model(ids[None], cache, trace=trace, last_only=True)[0, -1].float()
+    return logits, trace
+
+
+@torch.no_grad()
+def _details(logits, processed, token, trace, k, keep_logits, window_start) -> StepDetails:
+    raw = logits.softmax(-1)
+    probs = processed.softmax(-1)
+    top = raw.topk(min(k, raw.numel()))
+    entropy = -(raw * raw.clamp_min(1e-30).log()).sum()
+    attn = None
+    if trace is not None:
+        attn = torch.stack([trace.attn[i][0, :, 0] for i in sorted(trace.attn)]).cpu().numpy()  # (L, nh, Tk)
+    return StepDetails(
+        top_ids=top.indices.cpu().numpy(),
+        raw_probs=top.values.cpu().numpy(),
+        probs=probs[top.indices].cpu().numpy(),
+        chosen_raw_prob=float(raw[token]),
+        chosen_prob=float(probs[token]),
+        entropy=float(entropy),
+        window_start=window_start,
+        attn=attn,
+        logits=logits.cpu().numpy() if keep_logits else None,
+    )
+
+
+def generate(
+    model: GPT2,
+    prompt_ids: Sequence[int],
+    params: SamplingParams = SamplingParams(),
+    *,
+    top_candidates: int = 0,
+    attention: bool = False,
+    keep_logits: bool = False,
+) -> Iterator[Step]:
+    """Yield one ``Step`` per new token until ``max_new_tokens``, ``<|endoftext|>`` or a stop string.
+
+    ``top_candidates``/``attention``/``keep_logits`` ask for per-step ``StepDetails``. A prompt longer
+    than the context is cropped from the left; past the context the window slides (re-prefilling the
+    last three quarters), with a notice on the step where either happens.
+    """
+    tok = get_tokenizer()
+    block = model.config.block_size
+    ids = list(prompt_ids) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, like GPT-2's samples
+    notice = None
+    if len(ids) > block:
+        notice = f"Prompt of {len(ids)} tokens cropped to its last {block} (the model's context)."
+        log.info(notice)
+        ids = ids[-block:]
+    device = model.device
+    all_ids = torch.empty(len(ids) + params.max_new_tokens, dtype=torch.long, device=device)
+    all_ids[: len(ids)] = torch.tensor(ids, device=device)
+    n = len(ids)  # tokens so far (prompt + generated) in all_ids
+    start = 0  # first token inside the model's window
+    cache = model.new_cache(1, block)
+    gen = make_generator(params.seed, device)
+    stop_filter = _StopFilter(params.stop)
+    want_details = top_candidates > 0 or attention or keep_logits
+    logits, trace = _forward(model, all_ids[:n], cache, attention)
+    for i in range(params.max_new_tokens):
+        processed = process_logits(logits, all_ids[:n], params)
+        token = int(sample(processed, params, gen))
+        all_ids[n] = token
+        n += 1
+        details = (
+            _details(logits, processed, token, trace, top_candidates or 10, keep_logits, start)
+            if want_details else None
+        )
+        eos = token == EOT_ID and params.stop_at_eos
+        last = eos or i == params.max_new_tokens - 1
+        text, hit_stop = stop_filter.push(b"" if eos else tok.decode_single_token_bytes(token), final=last)
+        reason = "stop" if hit_stop else "eos" if eos else "length" if last else None
+        yield Step(i, token, text, reason, notice, details)
+        if reason:
+            return
+        notice = None
+        if cache.pos == block:  # context full: slide the window and re-prefill
+            keep = block - block // 4
+            start = n - keep
+            notice = f"Context full ({block} tokens): the model now sees only the last {keep}."
+            cache.reset()
+            logits, trace = _forward(model, all_ids[start:n], cache, attention)
+        else:
+            logits, trace = _forward(model, all_ids[n - 1 : n], cache, attention)
+
+
+def generate_text(model: GPT2, prompt: str, params: SamplingParams = SamplingParams()) -> str:
+    """Convenience: the text generated after ``prompt`` (the prompt itself not included)."""
+    return "".join(step.text for step in generate(model, encode(prompt), params))

@@ -1,0 +1,109 @@
+"""Look inside the model on a given text. Every function returns a plain record of numpy arrays and
+strings, ready for a figure builder or a terminal; none keeps state or changes the model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import GPT2, Trace
+from .tokenizer import EOT_ID, token_display
+
+
+@dataclass
+class TokenScores:
+    """How well the model predicted each token of a text."""
+
+    token_ids: list[int]
+    labels: list[str]  # display strings (visible whitespace)
+    logprobs: np.ndarray  # (T,) log p(token | everything before), nats
+    ranks: np.ndarray  # (T,) rank of the actual token among the predictions (1 = most likely)
+    entropies: np.ndarray  # (T,) entropy of the prediction the token was drawn against, nats
+    top_ids: np.ndarray  # (T, k) the model's most likely tokens at each position
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-float(self.logprobs.mean())) if len(self.logprobs) else float("nan")
+
+
+@torch.no_grad()
+def score(model: GPT2, token_ids: Sequence[int], top_k: int = 5) -> TokenScores:
+    """Score every token of a text. ``<|endoftext|>`` is put in front as GPT-2's start token, so the
+    first token is scored too. Texts longer than the context are scored in overlapping windows, each
+    token with at least half a context of history."""
+    ids = [int(t) for t in token_ids]
+    seq = torch.tensor([EOT_ID, *ids], device=model.device)
+    block, n = model.config.block_size, len(ids)
+    logp = torch.empty(n)
+    ent = torch.empty(n)
+    ranks = torch.empty(n, dtype=torch.long)
+    top = torch.empty(n, top_k, dtype=torch.long)
+    done = 0  # targets scored so far; target j is seq[j + 1], predicted from seq[: j + 1]
+    while done < n:
+        start = max(0, done + 1 - (block if done == 0 else block // 2))
+        end = min(start + block, n)  # the window seq[start:end] predicts targets start..end-1
+        logits = model(seq[start:end][None])[0].float()  # (W, V)
+        new = slice(done - start, end - start)
+        lp = logits[new].log_softmax(-1)  # (new, V)
+        target = seq[done + 1 : end + 1]
+        chosen = lp.gather(-1, target[:, None])[:, 0]
+        logp[done:end] = chosen.cpu()
+        ent[done:end] = -(lp.exp() * lp).sum(-1).cpu()
+        ranks[done:end] = ((lp > chosen[:, None]).sum(-1) + 1).cpu()
+        top[done:end] = lp.topk(top_k, dim=-1).indices.cpu()
+        done = end
+    return TokenScores(ids, token_display(ids), logp.numpy(), ranks.numpy(), ent.numpy(), top.numpy())
+
+
+@dataclass
+class AttentionMaps:
+    """Attention patterns of some layers for one text (after cropping to the context)."""
+
+    token_ids: list[int]
+    labels: list[str]
+    layers: list[int]
+    patterns: np.ndarray  # (len(layers), n_head, T, T): row = query (attending) token, column = key
+
+
+@torch.no_grad()
+def attention_maps(model: GPT2, token_ids: Sequence[int], layers: Iterable[int] | None = None) -> AttentionMaps:
+    """All heads' attention for the chosen layers (default: all). Keeps the last ``block_size`` tokens."""
+    ids = [int(t) for t in token_ids][-model.config.block_size :]
+    layers = sorted(set(range(model.config.n_layer) if layers is None else layers))
+    bad = [i for i in layers if not 0 <= i < model.config.n_layer]
+    if bad:
+        raise ValueError(f"layers must be in [0, {model.config.n_layer - 1}], got {bad}")
+    trace = Trace(attn_layers=layers)
+    model(torch.tensor([ids], device=model.device), trace=trace, last_only=True)
+    patterns = torch.stack([trace.attn[i][0] for i in layers]).cpu().numpy()
+    return AttentionMaps(ids, token_display(ids), layers, patterns)
+
+
+@dataclass
+class LogitLens:
+    """The residual stream read out through the final LayerNorm and head, after every layer."""
+
+    labels: list[str]  # the input tokens
+    top_ids: np.ndarray  # (n_layer + 1, T): most likely next token; row 0 is the embeddings
+    top_probs: np.ndarray  # (n_layer + 1, T)
+    top_labels: list[list[str]]  # display strings of top_ids
+
+
+@torch.no_grad()
+def logit_lens(model: GPT2, token_ids: Sequence[int]) -> LogitLens:
+    """What the model would predict if it stopped after each layer (nostalgebraist's logit lens)."""
+    ids = [int(t) for t in token_ids][-model.config.block_size :]
+    trace = Trace(hidden=True)
+    model(torch.tensor([ids], device=model.device), trace=trace, last_only=True)
+    top_ids, top_probs = [], []
+    for h in trace.hidden_states:  # one layer at a time: (T, V) rather than (L, T, V) in memory
+        best = model.unembed(h[0]).float().softmax(-1).max(-1)
+        top_ids.append(best.indices.cpu())
+        top_probs.append(best.values.cpu())
+    top_ids = torch.stack(top_ids).numpy()
+    return LogitLens(token_display(ids), top_ids, torch.stack(top_probs).numpy(),
+                     [token_display(row.tolist()) for row in top_ids])

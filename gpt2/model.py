@@ -1,0 +1,238 @@
+"""GPT-2 in one file: learned positions, pre-LayerNorm blocks, tanh-GELU MLP, tied output head.
+
+Parameter names follow Hugging Face's ``GPT2LMHeadModel`` (``transformer.h.0.attn.c_attn`` ...), but
+projections are ``nn.Linear`` (weight ``(out, in)``); ``gpt2.weights`` transposes HF's ``Conv1D``
+``(in, out)`` weights on the way in and out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated to ``max_len`` positions.
+
+    Decoding writes each step's key/value in place and attends over a view of the filled prefix, so a
+    step costs no copy of the past (no ``torch.cat``).
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype) -> None:
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0  # positions filled so far
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+@dataclass
+class Trace:
+    """Ask one forward pass to keep internals. Pass it as ``model(idx, trace=Trace(...))``.
+
+    Nothing is recorded, and nothing costs anything, unless a trace is passed: the model keeps no
+    hooks and no state between calls, so one shared model can serve traced and plain calls at once.
+    """
+
+    attn_layers: Collection[int] = ()  # layers whose attention pattern (all heads) to keep
+    attn_rows: slice | None = None  # query rows of this pass to keep (None: all; slice(-1, None): last)
+    hidden: bool = False  # keep the residual stream: embeddings, then the output of every block
+    attn: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, nh, rows, T_keys)
+    hidden_states: list[torch.Tensor] = field(default_factory=list)  # n_layer + 1 of (B, T, C)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv=None, pos: int = 0, trace: Trace | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if kv is not None:
+            cache_k, cache_v = kv
+            cache_k[:, :, pos : pos + T] = k
+            cache_v[:, :, pos : pos + T] = v
+            k, v = cache_k[:, :, : pos + T], cache_v[:, :, : pos + T]  # (B, nh, pos+T, hs), views
+        dropout_p = self.dropout if self.training else 0.0
+        if T == 1:  # one new query may see every cached key: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        elif pos == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:  # a chunk after a cached prefix: causal with an offset
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(T, pos, q.device), dropout_p=dropout_p)
+        if trace is not None and layer in trace.attn_layers:
+            trace.attn[layer] = _attention_pattern(q, k, pos, trace.attn_rows or slice(None))
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+def _causal_mask(T: int, pos: int, device) -> torch.Tensor:
+    """Boolean (T, pos+T) mask: query ``pos+i`` may see keys ``0..pos+i``."""
+    q_pos = torch.arange(pos, pos + T, device=device)[:, None]
+    return torch.arange(pos + T, device=device)[None, :] <= q_pos
+
+
+def _attention_pattern(q: torch.Tensor, k: torch.Tensor, pos: int, rows: slice) -> torch.Tensor:
+    """Softmax attention weights for the chosen query rows only, in fp32: (B, nh, rows, T_keys).
+
+    Recomputed outside SDPA (which never materialises them) and only for what was asked, so a decode
+    step's pattern is one row per head.
+    """
+    T = q.size(2)
+    idx = range(T)[rows]
+    q = q[:, :, rows].float()
+    scores = q @ k.float().transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, rows, T_keys)
+    q_pos = torch.arange(idx.start, idx.stop, idx.step, device=q.device)[:, None] + pos
+    scores = scores.masked_fill(torch.arange(k.size(2), device=q.device)[None, :] > q_pos, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv=None, pos: int = 0, trace: Trace | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), kv, pos, trace, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    """GPT-2 language model. ``model(idx)`` maps token ids ``(B, T)`` to logits ``(B, T, vocab)``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        *,
+        trace: Trace | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits ``(B, T, vocab)``, or ``(B, 1, vocab)`` for the last position with ``last_only``.
+
+        With ``cache``, ``idx`` continues the cached sequence and the cache advances by ``T``.
+        """
+        B, T = idx.shape
+        pos = cache.pos if cache is not None else 0
+        limit = cache.max_len if cache is not None else self.config.block_size
+        if pos + T > min(limit, self.config.block_size):
+            raise ValueError(
+                f"sequence of {pos + T} tokens exceeds the context of {min(limit, self.config.block_size)}"
+            )
+        tr = self.transformer
+        x = tr.drop(tr.wte(idx) + tr.wpe.weight[pos : pos + T])  # (B, T, C)
+        if trace is not None and trace.hidden:
+            trace.hidden_states.append(x)
+        for i, block in enumerate(tr.h):
+            kv = (cache.k[i], cache.v[i]) if cache is not None else None
+            x = block(x, kv, pos, trace, i)
+            if trace is not None and trace.hidden:
+                trace.hidden_states.append(x)
+        if cache is not None:
+            cache.pos += T
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(tr.ln_f(x))
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty KV cache on this model's device and dtype (``max_len`` defaults to the context)."""
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype)
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and output head: turns any residual-stream state into logits (logit lens)."""
+        return self.lm_head(self.transformer.ln_f(hidden))
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def num_params(self) -> int:
+        """Parameters counted once (the tied head is not counted twice)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, device=None, dtype=None) -> GPT2:
+        """Load a hub id (``gpt2``, ``gpt2-medium`` ...) or an HF-layout directory (safetensors only).
+
+        ``device`` None picks CUDA when available; ``dtype`` None picks bf16 (or fp16) on CUDA and
+        fp32 on CPU.
+        """
+        from .weights import load_checkpoint, resolve_device_dtype
+
+        device, dtype = resolve_device_dtype(device, dtype)
+        config, state = load_checkpoint(name_or_dir)
+        with torch.device("meta"):
+            model = cls(config)  # no random init: every tensor comes from the checkpoint
+        model.load_state_dict(state, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
+        return model.to(device=device, dtype=dtype).eval()
+
+    def save_pretrained(self, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (HF layout) atomically; returns the path."""
+        from .weights import save_checkpoint
+
+        return save_checkpoint(self.config, self.state_dict(), out_dir, dtype=dtype)

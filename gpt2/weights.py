@@ -1,0 +1,191 @@
+"""Checkpoint I/O in the Hugging Face GPT-2 layout: ``config.json`` + ``model.safetensors``.
+
+Only safetensors are read, so loading a file can never run code (no unpickling).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import GPTConfig
+
+log = logging.getLogger(__name__)
+
+# Short names users type -> hub repositories of the official weights.
+HUB_MODELS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+# Weights HF stores as Conv1D (in, out); our nn.Linear wants (out, in).
+_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Old buffers in the official repos (causal masks), not weights.
+_IGNORED = (".attn.bias", ".attn.masked_bias")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint name or directory that cannot be loaded; the message says what to do."""
+
+
+def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """Defaults: CUDA if available (bf16 where supported, else fp16), otherwise CPU in fp32."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                 "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {', '.join(names)}, got {dtype!r}")
+        dtype = names[dtype]
+    if dtype is None:
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    return device, dtype
+
+
+def resolve_checkpoint_dir(name_or_dir: str | Path) -> Path:
+    """A local directory as is, or a hub id downloaded into the normal Hugging Face cache."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_dir)
+    if name in HUB_MODELS:
+        return _download(HUB_MODELS[name])
+    if _HUB_ID.fullmatch(name) and not name.startswith((".", "~")):
+        return _download(name)
+    raise CheckpointError(
+        f"Unknown model {name!r}: no such directory, and not a hub id. Pass a directory holding "
+        f"{CONFIG_FILE} and {WEIGHTS_FILE}, a hub id like 'openai-community/gpt2', or one of: "
+        f"{', '.join(HUB_MODELS)}."
+    )
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:  # the cache first: works offline and costs no network round trip
+        files = [hf_hub_download(repo_id, f, local_files_only=True) for f in (CONFIG_FILE, WEIGHTS_FILE)]
+    except Exception:  # noqa: BLE001 - any miss means "not cached", and we try the network next
+        log.info("downloading %s from the Hugging Face Hub", repo_id)
+        try:
+            files = [hf_hub_download(repo_id, f, etag_timeout=5) for f in (CONFIG_FILE, WEIGHTS_FILE)]
+        except Exception as e:  # noqa: BLE001 - network, auth and missing-repo errors all end here
+            raise CheckpointError(
+                f"Could not get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+                f"Check the name and your connection, or download it where the hub is reachable with "
+                f"`hf download {repo_id} {CONFIG_FILE} {WEIGHTS_FILE} --local-dir DIR`, copy DIR here "
+                f"and pass DIR as the model."
+            ) from None
+    return Path(files[1]).parent
+
+
+def load_checkpoint(name_or_dir: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Read a checkpoint into a config and a state dict with this package's parameter names."""
+    path = resolve_checkpoint_dir(name_or_dir)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} has no {CONFIG_FILE}: not a Hugging Face GPT-2 checkpoint directory.")
+    if not weights_path.is_file():
+        pickles = [p.name for p in path.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        hint = (f" It has {', '.join(pickles)}: pickle files are never loaded (they can run code); convert "
+                f"them to safetensors first.") if pickles else ""
+        raise CheckpointError(f"{path} has no {WEIGHTS_FILE}.{hint}")
+    try:
+        config = GPTConfig.from_hf(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{config_path} is not a valid GPT-2 config: {e}") from None
+    try:
+        raw = load_file(weights_path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {e}") from None
+    return config, _from_hf_state(raw, config, weights_path)
+
+
+def _from_hf_state(raw: dict[str, torch.Tensor], config: GPTConfig, where: Path) -> dict[str, torch.Tensor]:
+    """HF names (with or without ``transformer.``) and Conv1D layout -> our names and layout."""
+    state = {}
+    for key, t in raw.items():
+        if key.endswith(_IGNORED) or key == "lm_head.weight":  # buffers; the head is tied to wte
+            continue
+        name = key if key.startswith("transformer.") else f"transformer.{key}"
+        state[name] = t.t() if name.endswith(_TRANSPOSED) else t
+    if "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    from .model import GPT2  # the expected names and shapes come from the model itself
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in GPT2(config).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(s)}" for k, s in expected.items()
+             if k in state and state[k].shape != s]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                 f"wrong shapes {wrong[:5]}" if wrong else ""]
+        raise CheckpointError(f"{where} does not match its config.json: " + "; ".join(p for p in parts if p))
+    return state
+
+
+def _to_hf_state(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Our state dict -> what ``GPT2LMHeadModel.save_pretrained`` writes (tied head left out)."""
+    out = {}
+    for name, t in state.items():
+        if name == "lm_head.weight":
+            continue
+        t = t.detach().to("cpu", dtype=dtype or t.dtype)
+        out[name] = (t.t() if name.endswith(_TRANSPOSED) else t).contiguous()
+    return out
+
+
+def save_checkpoint(
+    config: GPTConfig, state: dict[str, torch.Tensor], out_dir: str | Path, dtype: torch.dtype | None = None
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into a temporary sibling, then rename it over
+    ``out_dir``: a crash mid-write never leaves a half-written checkpoint under that name.
+
+    Other files already in ``out_dir`` (a model card, training logs) are carried over.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tensors = _to_hf_state(state, dtype)
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        hf = config.to_hf() | {"torch_dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
+        if out.is_dir():
+            for extra in out.iterdir():
+                if extra.name not in (CONFIG_FILE, WEIGHTS_FILE) and not (tmp / extra.name).exists():
+                    (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, tmp / extra.name)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``. An existing ``dst`` is renamed aside first and removed after, so at
+    every instant ``dst`` is either the old complete checkpoint or the new one."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
