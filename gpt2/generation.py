@@ -76,7 +76,22 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
-@torch.no_grad()
+def _stepwise(fn):
+    """Run ``fn`` without autograd and outside inference mode. The generator keeps tensors (KV cache,
+    ids) across yields and may resume on a thread whose modes differ from the caller's, so they must
+    be ordinary tensors, never inference tensors."""
+    return torch.inference_mode(False)(torch.no_grad()(fn))
+
+
+@_stepwise
+def _start(model: GPT2, ids: list[int], max_new_tokens: int) -> tuple[torch.Tensor, KVCache]:
+    """Room for every id of the run (prompt + new tokens) and an empty cache for the window."""
+    all_ids = torch.empty(len(ids) + max_new_tokens, dtype=torch.long, device=model.device)
+    all_ids[: len(ids)] = torch.tensor(ids, device=model.device)
+    return all_ids, model.new_cache(1, model.config.block_size)
+
+
+@_stepwise
 def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool) -> tuple[torch.Tensor, Trace | None]:
     """Logits for the last position only, in fp32, plus that position's attention rows if asked."""
     trace = Trace(attn_layers=range(model.config.n_layer), attn_rows=slice(-1, None)) if want_attn else None
@@ -84,7 +99,7 @@ def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool) ->
     return logits, trace
 
 
-@torch.no_grad()
+@_stepwise
 def _details(logits, processed, token, trace, k, keep_logits, window_start) -> StepDetails:
     raw = logits.softmax(-1)
     probs = processed.softmax(-1)
@@ -129,13 +144,10 @@ def generate(
         notice = f"Prompt of {len(ids)} tokens cropped to its last {block} (the model's context)."
         log.info(notice)
         ids = ids[-block:]
-    device = model.device
-    all_ids = torch.empty(len(ids) + params.max_new_tokens, dtype=torch.long, device=device)
-    all_ids[: len(ids)] = torch.tensor(ids, device=device)
+    all_ids, cache = _start(model, ids, params.max_new_tokens)
     n = len(ids)  # tokens so far (prompt + generated) in all_ids
     start = 0  # first token inside the model's window
-    cache = model.new_cache(1, block)
-    gen = make_generator(params.seed, device)
+    gen = make_generator(params.seed, model.device)
     stop_filter = _StopFilter(params.stop)
     want_details = top_candidates > 0 or attention or keep_logits
     logits, trace = _forward(model, all_ids[:n], cache, attention)

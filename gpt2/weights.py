@@ -10,8 +10,10 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
@@ -43,7 +45,12 @@ class CheckpointError(ValueError):
 
 def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
     """Defaults: CUDA if available (bf16 where supported, else fp16), otherwise CPU in fp32."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available here: use 'cpu'")
     if isinstance(dtype, str):
         names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
                  "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -61,9 +68,10 @@ def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
 def resolve_checkpoint_dir(name_or_dir: str | Path) -> Path:
     """A local directory as is, or a hub id downloaded into the normal Hugging Face cache."""
     path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        return path
     name = str(name_or_dir)
+    # A directory wins, except a stray folder named like a hub model (this repo's own gpt2/ package).
+    if path.is_dir() and ((path / CONFIG_FILE).exists() or name not in HUB_MODELS):
+        return path
     if name in HUB_MODELS:
         return _download(HUB_MODELS[name])
     if _HUB_ID.fullmatch(name) and not name.startswith((".", "~")):
@@ -81,17 +89,36 @@ def _download(repo_id: str) -> Path:
     try:  # the cache first: works offline and costs no network round trip
         files = [hf_hub_download(repo_id, f, local_files_only=True) for f in (CONFIG_FILE, WEIGHTS_FILE)]
     except Exception:  # noqa: BLE001 - any miss means "not cached", and we try the network next
+        how = (f"Download it where the hub is reachable with `hf download {repo_id} {CONFIG_FILE} "
+               f"{WEIGHTS_FILE} --local-dir DIR`, copy DIR here and pass DIR as the model.")
+        problem = _hub_unreachable()
+        if problem:  # fail in seconds rather than after huggingface_hub's retries
+            raise CheckpointError(f"Cannot download {repo_id!r}: {problem}. {how}") from None
         log.info("downloading %s from the Hugging Face Hub", repo_id)
         try:
-            files = [hf_hub_download(repo_id, f, etag_timeout=5) for f in (CONFIG_FILE, WEIGHTS_FILE)]
+            files = [hf_hub_download(repo_id, f, etag_timeout=10) for f in (CONFIG_FILE, WEIGHTS_FILE)]
         except Exception as e:  # noqa: BLE001 - network, auth and missing-repo errors all end here
             raise CheckpointError(
                 f"Could not get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-                f"Check the name and your connection, or download it where the hub is reachable with "
-                f"`hf download {repo_id} {CONFIG_FILE} {WEIGHTS_FILE} --local-dir DIR`, copy DIR here "
-                f"and pass DIR as the model."
+                f"Check the name and your connection. {how}"
             ) from None
     return Path(files[1]).parent
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached right now, or None if a connection opens (or a proxy is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows; let the real request decide
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e:
+        return f"the Hugging Face Hub ({host}) is not reachable from this machine ({e})"
+    return None
 
 
 def load_checkpoint(name_or_dir: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:

@@ -1,0 +1,331 @@
+"""The terminal UI: ``python -m gpt2 generate | score | chat``.
+
+This is the only module that prints; the library reports through return values and ``logging``.
+User errors (bad flags, unknown models, unreadable files) end as ``error: <message>`` on stderr with
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from . import prompts
+from .generation import Step, generate
+from .inspection import score
+from .model import GPT2
+from .sampling import SamplingParams
+from .tokenizer import encode
+from .weights import CheckpointError
+
+# The model the repo trains itself (training/) when it is there, else the smallest official GPT-2.
+# Resolved against the repo root, not the working directory, so it works wherever the CLI is run from.
+_LOCAL_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "shakespeare-small"
+DEFAULT_MODEL = str(_LOCAL_CHECKPOINT) if _LOCAL_CHECKPOINT.is_dir() else "gpt2"
+
+GENERATE_MAX_NEW_TOKENS = 64
+CHAT_MAX_NEW_TOKENS = 128  # replies are worth a little more room than a one-off continuation
+DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
+
+Write = Callable[[str], None]
+GenerateFn = Callable[[GPT2, Sequence[int], SamplingParams], Iterable[Step]]
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _model_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id (gpt2, gpt2-medium, ..., owner/name) or checkpoint directory "
+                        f"(default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: CUDA if available)")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="(default: bf16/fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show progress logs (downloads, cropping)")
+    return p
+
+
+def _sampling_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"tokens to generate (default: {GENERATE_MAX_NEW_TOKENS}; chat: {CHAT_MAX_NEW_TOKENS})")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off (default)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off (default)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats; 1 = off")
+    g.add_argument("--seed", type=int, default=None, help="fix the random draws (same seed, same text)")
+    g.add_argument("--stop", action="append", default=[], metavar="STR",
+                   help="stop before this string (repeatable)")
+    g.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false",
+                   help="keep going past <|endoftext|> (generate; chat always stops there)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with the three subcommands."""
+    parser = argparse.ArgumentParser(prog="python -m gpt2", description="Run a GPT-2 model from the terminal.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,score,chat}")
+    model, sampling = _model_options(), _sampling_options()
+
+    gen = sub.add_parser("generate", parents=[model, sampling], help="continue a prompt, streaming the text")
+    gen.add_argument("--prompt", required=True, help="text to continue ('' starts from <|endoftext|>)")
+    gen.add_argument("--json", action="store_true",
+                     help="print one JSON object {prompt_ids, token_ids, text, finish_reason} at the end")
+    gen.set_defaults(func=cmd_generate)
+
+    sc = sub.add_parser("score", parents=[model], help="per-token log-probs and perplexity of a text")
+    src = sc.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text to score")
+    src.add_argument("--file", help="a UTF-8 file to score ('-' reads stdin)")
+    sc.add_argument("--json", action="store_true", help="print {tokens, token_ids, logprobs, ranks, perplexity}")
+    sc.set_defaults(func=cmd_score)
+
+    chat = sub.add_parser("chat", parents=[model, sampling], help="interactive chat in the instruction format",
+                          description=_chat_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def _chat_help() -> str:
+    return (
+        "Each message becomes one turn of the instruction template the model is fine-tuned with "
+        "(gpt2/prompts.py):\n\n"
+        "    ### Instruction:\n    <your message>\n\n    ### Response:\n    <reply><|endoftext|>\n\n"
+        "Earlier turns are sent along (the oldest are dropped when the context is full). A reply ends at "
+        "<|endoftext|>\nor at the next '### ' header. Ctrl-C stops a reply; Ctrl-D, 'exit' or 'quit' quits."
+    )
+
+
+def sampling_params(args: argparse.Namespace, default_max_new_tokens: int) -> SamplingParams:
+    """The sampling flags as ``SamplingParams`` (which validates them and names any bad one)."""
+    max_new = default_max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, max_new_tokens=max_new, seed=args.seed,
+        stop=tuple(args.stop), stop_at_eos=args.stop_at_eos,
+    )
+
+
+def _check_device(device: str | None) -> None:
+    """Fail early with a clear message: torch would raise a RuntimeError or assertion deep in ``.to()``."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"invalid --device {device!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine")
+
+
+def load_model(args: argparse.Namespace) -> GPT2:
+    """The model named by ``--model`` on ``--device`` in ``--dtype``."""
+    _check_device(args.device)
+    return GPT2.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+
+
+# --------------------------------------------------------------------------------------------- generate
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()  # stream: show each piece as soon as it is decoded
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Continue ``--prompt``: stream it (prompt first), or print one JSON object with ``--json``."""
+    params = sampling_params(args, GENERATE_MAX_NEW_TOKENS)
+    model = load_model(args)
+    prompt_ids = encode(args.prompt)
+    token_ids: list[int] = []
+    pieces: list[str] = []
+    finish_reason = None
+    if not args.json:
+        _out(args.prompt)
+    for step in generate(model, prompt_ids, params):
+        if step.notice:
+            _err(f"[{step.notice}]\n")
+        token_ids.append(step.token_id)
+        pieces.append(step.text)
+        finish_reason = step.finish_reason
+        if not args.json:
+            _out(step.text)
+    if args.json:
+        result = {"prompt_ids": prompt_ids, "token_ids": token_ids, "text": "".join(pieces),
+                  "finish_reason": finish_reason}
+        print(json.dumps(result))
+    else:
+        _out("\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ score
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.text is not None:
+        text = args.text
+    elif args.file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read {args.file}: {e}") from None
+    if not text:
+        raise ValueError("nothing to score: the text is empty")
+    return text
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Print how well the model predicts each token of a text, and its perplexity."""
+    text = _read_text(args)
+    model = load_model(args)
+    s = score(model, encode(text))
+    if args.json:
+        print(json.dumps({
+            "tokens": s.labels, "token_ids": s.token_ids, "logprobs": [float(x) for x in s.logprobs],
+            "ranks": [int(r) for r in s.ranks], "perplexity": s.perplexity,
+        }))
+        return 0
+    width = max(12, *(len(label) for label in s.labels))
+    print(f"{'pos':>5}  {'token':<{width}}  {'logprob':>9}  {'rank':>6}")
+    for i, (label, lp, rank) in enumerate(zip(s.labels, s.logprobs, s.ranks, strict=True)):
+        print(f"{i:>5}  {label:<{width}}  {lp:>9.4f}  {rank:>6}")
+    print(f"tokens: {len(s.token_ids)}")
+    print(f"mean logprob: {float(s.logprobs.mean()):.6f}")
+    print(f"perplexity: {s.perplexity:.6f}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- chat
+
+QUIT_WORDS = ("exit", "quit")
+
+
+def chat_banner(model_name: str) -> str:
+    """What the user sees first: the turn format and how to stop and quit."""
+    return (
+        f"Chatting with {model_name}. Each message is sent as one turn of the instruction format:\n"
+        "    ### Instruction:\n    <your message>\n\n    ### Response:\n"
+        "    <reply, ending at <|endoftext|> or the next '### ' header>\n"
+        "Ctrl-C stops a reply; Ctrl-D, 'exit' or 'quit' quits.\n"
+    )
+
+
+def fit_history(history: list[tuple[str, str]], message: str, block_size: int, reserve: int) -> list[int]:
+    """Token ids of the chat prompt, dropping the oldest turns of ``history`` (in place) until the
+    prompt leaves ``reserve`` tokens of the context for the reply."""
+    while True:
+        ids = encode(prompts.chat_prompt(history, message))
+        if len(ids) + reserve <= block_size or not history:
+            return ids  # a lone message that is still too long is cropped by generate(), with a notice
+        del history[0]
+
+
+def _stream_reply(steps: Iterable[Step], write: Write, warn: Write) -> str:
+    """Write a reply as it is generated; returns it. A KeyboardInterrupt ends it early, keeping the part
+    written so far (the generator is closed so its KV cache is freed right away)."""
+    shown: list[str] = []
+    it = iter(steps)
+    try:
+        for step in it:
+            if step.notice:
+                warn(f"[{step.notice}]\n")
+            text = step.text if shown else step.text.lstrip()  # the response header already ends the line
+            if text:
+                shown.append(text)
+                write(text)
+    except KeyboardInterrupt:
+        warn("\n[reply stopped]")
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    write("\n")
+    return "".join(shown)
+
+
+def chat_loop(
+    model: GPT2,
+    params: SamplingParams,
+    *,
+    input_fn: Callable[[str], str] = input,
+    write: Write = _out,
+    warn: Write = _err,
+    generate_fn: GenerateFn = generate,
+    model_name: str = "the model",
+) -> list[tuple[str, str]]:
+    """Read messages until EOF, Ctrl-C at the prompt, ``exit`` or ``quit``; answer each one in the
+    instruction format of ``gpt2.prompts``. Returns the (possibly cropped) history of (user, reply)."""
+    params = dataclasses.replace(params, stop=(*params.stop, *prompts.STOP_STRINGS), stop_at_eos=True)
+    reserve = min(params.max_new_tokens, model.config.block_size // 2)
+    history: list[tuple[str, str]] = []
+    write(chat_banner(model_name))
+    while True:
+        try:
+            message = input_fn("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            write("\n")
+            return history
+        if message.lower() in QUIT_WORDS:
+            return history
+        if not message:
+            continue
+        before = len(history)
+        ids = fit_history(history, message, model.config.block_size, reserve)
+        if len(history) < before:
+            warn(f"[dropped the {before - len(history)} oldest turn(s) to fit the context]\n")
+        write("gpt2> ")
+        reply = _stream_reply(generate_fn(model, ids, params), write, warn)
+        history.append((message, reply))
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Interactive chat; always ends with exit code 0."""
+    params = sampling_params(args, CHAT_MAX_NEW_TOKENS)
+    model = load_model(args)
+    chat_loop(model, params, model_name=args.model)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m gpt2``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # model text on a non-UTF-8 terminal must not crash the CLI
+    try:
+        return args.func(args)
+    except (CheckpointError, ValueError) as e:  # unknown model, bad flag values: the message says what to do
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C during generate/score: stop quietly, as shells expect
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `... | head`: the reader left; silence the flush at exit too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+

@@ -1,0 +1,132 @@
+"""Sampler stages against transformers' logits processors, greedy, seeds and parameter checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import gpt2
+
+lp = pytest.importorskip("transformers.generation.logits_process")
+
+
+def hf_process(logits, context, params):
+    """transformers' processors in the order its generate() applies them."""
+    scores = logits[None].clone()
+    ids = context[None]
+    if params.repetition_penalty != 1.0:
+        scores = lp.RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, scores)
+    if params.temperature != 1.0:
+        scores = lp.TemperatureLogitsWarper(params.temperature)(ids, scores)
+    if params.top_k:
+        scores = lp.TopKLogitsWarper(params.top_k)(ids, scores)
+    if params.top_p < 1.0:
+        scores = lp.TopPLogitsWarper(params.top_p)(ids, scores)
+    return scores[0]
+
+
+CASES = [
+    dict(repetition_penalty=1.3),
+    dict(repetition_penalty=0.7),
+    dict(temperature=0.5),
+    dict(temperature=1.7, top_k=40),
+    dict(top_k=1),
+    dict(top_p=0.9),
+    dict(top_p=0.0),
+    dict(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.2),
+    dict(temperature=1.3, top_p=0.5, repetition_penalty=1.05),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[",".join(f"{k}={v}" for k, v in c.items()) for c in CASES])
+@pytest.mark.parametrize("seed", range(3))
+def test_process_logits_matches_transformers(case, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2000, generator=g) * 3
+    context = torch.randint(0, 2000, (60,), generator=g)  # with repeats, as real contexts have
+    params = gpt2.SamplingParams(**case)
+    ours = gpt2.process_logits(logits, context, params)
+    ref = hf_process(logits, context, params)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    torch.testing.assert_close(ours[~torch.isinf(ours)], ref[~torch.isinf(ref)])
+    assert torch.equal(logits, logits.clone())  # input untouched (pure function)
+
+
+def test_process_logits_accepts_a_list_context_and_does_not_mutate():
+    logits = torch.randn(50)
+    before = logits.clone()
+    out = gpt2.process_logits(logits, [1, 2, 2, 7], gpt2.SamplingParams(repetition_penalty=2.0, top_k=5))
+    assert torch.equal(logits, before)
+    assert torch.isfinite(out).sum() == 5
+
+
+def test_temperature_zero_is_greedy():
+    logits = torch.randn(100)
+    params = gpt2.SamplingParams(temperature=0, top_k=7, top_p=0.5)
+    out = gpt2.process_logits(logits, [], params)
+    assert torch.isfinite(out).sum() == 1 and out.argmax() == logits.argmax()
+    assert int(gpt2.sample(out, params, None)) == int(logits.argmax())
+
+
+def test_greedy_with_penalty_picks_the_penalised_argmax():
+    logits = torch.tensor([5.0, 4.0, -1.0])
+    params = gpt2.SamplingParams(temperature=0, repetition_penalty=2.0)
+    assert int(gpt2.sample(gpt2.process_logits(logits, [0], params), params, None)) == 1
+
+
+def test_sampler_stages_are_in_order_and_end_with_process_logits():
+    logits, ctx = torch.randn(300), torch.tensor([3, 4])
+    params = gpt2.SamplingParams(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.4)
+    stages = gpt2.sampler_stages(logits, ctx, params)
+    assert [name for name, _ in stages] == ["raw", "repetition penalty", "temperature", "top-k", "top-p"]
+    assert torch.equal(stages[-1][1], gpt2.process_logits(logits, ctx, params))
+    kept = [int(torch.isfinite(x).sum()) for _, x in stages]
+    assert kept[:3] == [300, 300, 300] and kept[3] == 20 and kept[4] <= 20
+
+
+def test_same_seed_same_draws_different_seed_different():
+    logits = torch.zeros(1000)  # uniform: every draw is pure randomness
+    params = gpt2.SamplingParams(seed=123)
+
+    def draws(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return [int(gpt2.sample(logits, params, gen)) for _ in range(20)]
+
+    assert draws(123) == draws(123)
+    assert draws(123) != draws(124)
+
+
+def test_sampling_follows_the_distribution():
+    processed = torch.log(torch.tensor([0.7, 0.2, 0.1]))
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(
+        torch.stack([gpt2.sample(processed, gpt2.SamplingParams(), gen) for _ in range(4000)]), minlength=3
+    )
+    assert torch.allclose(counts / 4000, torch.tensor([0.7, 0.2, 0.1]), atol=0.03)
+
+
+BAD = [
+    ("temperature", -0.1), ("temperature", math.nan), ("temperature", math.inf), ("temperature", "hot"),
+    ("top_k", -1), ("top_k", 2.5), ("top_k", True),
+    ("top_p", -0.01), ("top_p", 1.01), ("top_p", math.nan),
+    ("repetition_penalty", 0.0), ("repetition_penalty", -1.0), ("repetition_penalty", math.inf),
+    ("max_new_tokens", 0), ("max_new_tokens", 3.0), ("max_new_tokens", -5),
+    ("seed", -1), ("seed", 1.5), ("seed", 2**64),
+    ("stop", [""]), ("stop", [3]),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD, ids=[f"{n}={v!r}" for n, v in BAD])
+def test_invalid_values_name_the_parameter_and_range(name, value):
+    with pytest.raises(ValueError, match=name) as err:
+        gpt2.SamplingParams(**{name: value})
+    assert "must be" in str(err.value)
+
+
+def test_off_values_and_a_single_stop_string():
+    p = gpt2.SamplingParams(top_k=0, top_p=1.0, repetition_penalty=1.0, stop="END")
+    assert p.stop == ("END",)
+    logits = torch.randn(10)
+    assert torch.equal(gpt2.process_logits(logits, [1, 2], p), logits)
