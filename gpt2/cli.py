@@ -236,7 +236,7 @@ def fit_history(history: list[tuple[str, str]], message: str, block_size: int, r
     """Token ids of the chat prompt, dropping the oldest turns of ``history`` (in place) until the
     prompt leaves ``reserve`` tokens of the context for the reply."""
     while True:
-        ids = encode(prompts.chat_prompt(history, message))
+        ids = prompts.chat_prompt_ids(history, message)
         if len(ids) + reserve <= block_size or not history:
             return ids  # a lone message that is still too long is cropped by generate(), with a notice
         del history[0]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .tokenizer import EOT_TOKEN
+from .tokenizer import EOT_ID, EOT_TOKEN, encode
 
 RESPONSE_HEADER = "### Response:\n"
 STOP_STRINGS = ("\n### ",)  # a model that forgets <|endoftext|> still stops at the next header
@@ -42,3 +42,12 @@ def format_turn(instruction: str, input: str = "", output: str = "") -> str:
 def chat_prompt(history: Sequence[tuple[str, str]], message: str) -> str:
     """Earlier ``(user, reply)`` turns plus the new user message, ready for the model to answer."""
     return "".join(format_turn(user, output=reply) for user, reply in history) + format_prompt(message)
+
+
+def chat_prompt_ids(history: Sequence[tuple[str, str]], message: str) -> list[int]:
+    """Token ids of ``chat_prompt``, with ``<|endoftext|>`` only as the turn separator: typed text
+    that contains ``<|endoftext|>`` stays ordinary text and cannot end a turn early."""
+    ids: list[int] = []
+    for user, reply in history:
+        ids += encode(format_prompt(user) + reply.strip(), allow_special=False) + [EOT_ID]
+    return ids + encode(format_prompt(message), allow_special=False)

@@ -35,3 +35,14 @@ def test_builds_with_no_network_and_no_tiktoken_cache(tmp_path):
     code = "import gpt2; print(gpt2.get_tokenizer().encode('Hello world!'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[15496, 995, 0]", out.stderr
+
+
+def test_chat_prompt_ids_keep_typed_special_tokens_as_text():
+    from gpt2 import prompts
+
+    history = [("hi", "hello <|endoftext|> there")]
+    ids = prompts.chat_prompt_ids(history, "say <|endoftext|>")
+    assert ids.count(gpt2.EOT_ID) == 1  # only the separator after the first turn
+    assert gpt2.get_tokenizer().decode(ids) == prompts.chat_prompt(history, "say <|endoftext|>")
+    clean = [("hi", "hello")]
+    assert prompts.chat_prompt_ids(clean, "x") == gpt2.encode(prompts.chat_prompt(clean, "x"))
