@@ -107,3 +107,40 @@ def logit_lens(model: GPT2, token_ids: Sequence[int]) -> LogitLens:
     top_ids = torch.stack(top_ids).numpy()
     return LogitLens(token_display(ids), top_ids, torch.stack(top_probs).numpy(),
                      [token_display(row.tolist()) for row in top_ids])
+
+
+@dataclass
+class HeadScores:
+    """One number per (layer, head) for finding interesting heads in an ``AttentionMaps``."""
+
+    layers: list[int]
+    entropy: np.ndarray  # (L, nh) mean entropy of a query's attention, nats (low = focused)
+    previous_token: np.ndarray  # (L, nh) mean attention to the immediately preceding token
+    induction: np.ndarray  # (L, nh) mean attention to the token after an earlier copy of the query token
+
+
+def head_scores(maps: AttentionMaps) -> HeadScores:
+    """Entropy, previous-token and induction scores of every head in ``maps``.
+
+    Induction (Olsson et al., 2022): a query whose token appeared before at ``j`` attends to ``j + 1``,
+    the token that came next last time. It is averaged over queries that have such an earlier copy
+    (NaN if none do); repeated text makes it stand out (see ``repeated_tokens``).
+    """
+    p = maps.patterns.astype(np.float64)  # (L, nh, T, T)
+    T = p.shape[-1]
+    entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1).mean(-1)
+    prev = np.diagonal(p, offset=-1, axis1=-2, axis2=-1).mean(-1) if T > 1 else np.zeros(p.shape[:2])
+    ids = np.asarray(maps.token_ids)
+    targets = np.zeros((T, T), dtype=bool)  # targets[i, j+1]: token j equals token i, and j + 1 < i
+    same = ids[:, None] == ids[None, :]
+    targets[:, 1:] = np.tril(same, k=-2)[:, :-1]
+    has = targets.any(-1)
+    induction = (p[..., has, :] * targets[has]).sum(-1).mean(-1) if has.any() else np.full(p.shape[:2], np.nan)
+    return HeadScores(list(maps.layers), entropy, prev, induction)
+
+
+def repeated_tokens(length: int = 50, seed: int = 0, vocab_size: int = 50257) -> list[int]:
+    """Random tokens repeated twice: the classic probe that makes induction heads light up."""
+    rng = np.random.default_rng(seed)
+    first = rng.integers(1000, min(vocab_size, 20000), size=length).tolist()  # common-ish tokens
+    return first + first

@@ -1,0 +1,90 @@
+"""Plain-record inspection: scores, attention maps, logit lens, head scores."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gpt2
+from gpt2.inspection import AttentionMaps, attention_maps, head_scores, logit_lens, repeated_tokens, score
+
+
+def full_logprobs(model, ids):
+    with torch.no_grad():
+        lp = model(torch.tensor([[gpt2.EOT_ID, *ids]]))[0].log_softmax(-1)
+    return lp[:-1].gather(-1, torch.tensor(ids)[:, None])[:, 0], lp[:-1]
+
+
+def test_score_matches_a_direct_forward(tiny_model):
+    ids = torch.randint(0, 50257, (40,)).tolist()
+    s = score(tiny_model, ids)
+    ref, lp = full_logprobs(tiny_model, ids)
+    np.testing.assert_allclose(s.logprobs, ref.numpy(), atol=1e-5)
+    assert s.ranks.tolist() == ((lp > ref[:, None]).sum(-1) + 1).tolist()
+    np.testing.assert_allclose(s.entropies, -(lp.exp() * lp).sum(-1).numpy(), atol=1e-4)
+    assert s.top_ids[:, 0].tolist() == lp.argmax(-1).tolist()
+    assert math.isclose(s.perplexity, math.exp(-ref.mean().item()), rel_tol=1e-5)
+    assert s.labels == gpt2.token_display(ids)
+
+
+def test_long_texts_are_scored_in_windows_with_history(tiny_model):
+    block = tiny_model.config.block_size
+    ids = torch.randint(0, 50257, (3 * block,)).tolist()
+    s = score(tiny_model, ids)
+    assert len(s.logprobs) == 3 * block and np.isfinite(s.logprobs).all()
+    np.testing.assert_allclose(s.logprobs[:block], score(tiny_model, ids[:block]).logprobs, atol=1e-5)
+    # The first token of the second window is predicted from the half-context just before it.
+    seq, j = [gpt2.EOT_ID, *ids], block
+    start = j + 1 - block // 2
+    with torch.no_grad():
+        lp = tiny_model(torch.tensor([seq[start : start + block]]))[0, j - start].log_softmax(-1)
+    assert abs(s.logprobs[j] - lp[ids[j]].item()) < 1e-5
+
+
+def test_attention_maps_are_causal_distributions(tiny_model):
+    ids = torch.randint(0, 50257, (12,)).tolist()
+    maps = attention_maps(tiny_model, ids, layers=[1])
+    assert maps.patterns.shape == (1, 2, 12, 12) and maps.layers == [1]
+    np.testing.assert_allclose(maps.patterns.sum(-1), 1, atol=1e-5)
+    assert np.triu(maps.patterns[0, 0], k=1).max() == 0
+    with pytest.raises(ValueError, match="layers must be in"):
+        attention_maps(tiny_model, ids, layers=[5])
+
+
+def test_logit_lens_last_layer_is_the_model_prediction(tiny_model):
+    ids = torch.randint(0, 50257, (9,)).tolist()
+    lens = logit_lens(tiny_model, ids)
+    assert lens.top_ids.shape == lens.top_probs.shape == (tiny_model.config.n_layer + 1, 9)
+    with torch.no_grad():
+        probs = tiny_model(torch.tensor([ids]))[0].softmax(-1)
+    assert lens.top_ids[-1].tolist() == probs.argmax(-1).tolist()
+    np.testing.assert_allclose(lens.top_probs[-1], probs.max(-1).values.numpy(), atol=1e-5)
+    assert lens.top_labels[-1] == gpt2.token_display(lens.top_ids[-1].tolist())
+
+
+def synthetic_maps(ids):
+    """Head 0 looks at the previous token, head 1 is a perfect induction head, head 2 is uniform."""
+    T = len(ids)
+    prev, ind = np.eye(T, k=-1), np.zeros((T, T))
+    prev[0, 0] = 1
+    for i in range(T):
+        earlier = [j for j in range(i - 1) if ids[j] == ids[i]]
+        ind[i, earlier[0] + 1 if earlier else i] = 1
+    uniform = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
+    return AttentionMaps(list(ids), [], [0], np.stack([prev, ind, uniform])[None])
+
+
+def test_head_scores_find_previous_token_and_induction_heads():
+    ids = repeated_tokens(20, seed=1)
+    s = head_scores(synthetic_maps(ids))
+    assert s.previous_token[0, 0] == 1 and s.previous_token[0, 1] < 0.1
+    assert s.induction[0, 1] == 1 and s.induction[0, 0] < 0.1
+    assert s.entropy[0, 2] > s.entropy[0, 0] == 0
+
+
+def test_head_scores_without_repeats_have_no_induction():
+    s = head_scores(synthetic_maps([1, 2, 3, 4]))
+    assert np.isnan(s.induction).all() and s.previous_token.shape == (1, 3)
