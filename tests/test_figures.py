@@ -1,0 +1,292 @@
+"""Figure builders (ui/figures.py): checked on their plotly records, no browser needed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+import gpt2
+from gpt2.inspection import attention_maps
+from ui import figures
+
+LABELS = ["The", "␣cat", "␣sat", "␣on", "␣the", "␣cat", "↵"]  # "␣cat" twice: must stay two columns
+T = len(LABELS)
+
+
+def random_patterns(*lead: int, t: int = T, seed: int = 0) -> np.ndarray:
+    """Causal attention-like patterns: rows sum to 1 over keys 0..query."""
+    rng = np.random.default_rng(seed)
+    raw = rng.random((*lead, t, t)) * np.tril(np.ones((t, t)))
+    return (raw / raw.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def stage_probs(k: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {stage: rng.dirichlet(np.ones(k)) for stage in gpt2.sampling.STAGES}
+
+
+def lens_record(n_layer: int = 3, t: int = T) -> tuple[list[list[str]], np.ndarray]:
+    top_labels = [[f"l{layer}t{i}" for i in range(t)] for layer in range(n_layer + 1)]
+    return top_labels, np.random.default_rng(2).random((n_layer + 1, t))
+
+
+ALL_FIGURES = {
+    "attention_heatmap": lambda: figures.attention_heatmap(random_patterns(), LABELS, "L0 H0"),
+    "attention_grid": lambda: figures.attention_grid(random_patterns(3), LABELS, layer=1),
+    "token_focus": lambda: figures.token_focus(random_patterns(2, 3), LABELS, query=4),
+    "candidates_bar": lambda: figures.candidates_bar(["a", "b", "c", "d", "e"], stage_probs(), chosen=2),
+    "surprisal_chart": lambda: figures.surprisal_chart(LABELS, np.arange(T) / 2, np.ones(T)),
+    "logit_lens_heatmap": lambda: figures.logit_lens_heatmap(LABELS, *lens_record()),
+    "loss_curve": lambda: figures.loss_curve([0, 10, 20], [4.0, 3.0, 2.5], [0, 20], [4.1, 2.7]),
+}
+
+EMPTY_FIGURES = {
+    "attention_heatmap": lambda: figures.attention_heatmap(np.zeros((0, 0)), []),
+    "attention_grid": lambda: figures.attention_grid(np.zeros((4, 0, 0)), [], layer=0),
+    "token_focus": lambda: figures.token_focus(np.zeros((2, 4, 0, 0)), [], query=0),
+    "candidates_bar": lambda: figures.candidates_bar([], {"raw": np.zeros(0)}, chosen=None),
+    "surprisal_chart": lambda: figures.surprisal_chart([], np.zeros(0), np.zeros(0)),
+    "logit_lens_heatmap": lambda: figures.logit_lens_heatmap([], [[], []], np.zeros((2, 0))),
+    "loss_curve": lambda: figures.loss_curve([], [], [], []),
+}
+
+
+def axis_names(fig: go.Figure, axis: str = "x") -> list[str]:
+    return list(getattr(fig.data[0], axis))
+
+
+# ---- shared look ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_FIGURES)
+def test_theme_neutral_and_serialisable(name):
+    fig = ALL_FIGURES[name]()
+    assert isinstance(fig, go.Figure) and fig.data
+    assert fig.layout.paper_bgcolor == fig.layout.plot_bgcolor == "rgba(0,0,0,0)"
+    assert fig.layout.font.color == figures._GREY
+    for axis in [*fig.select_xaxes(), *fig.select_yaxes()]:
+        assert axis.gridcolor == figures._GRID
+    json.loads(fig.to_json())  # what gr.Plot sends to the browser
+
+
+@pytest.mark.parametrize("name", EMPTY_FIGURES)
+def test_no_tokens_gives_an_empty_figure_that_says_so(name):
+    fig = EMPTY_FIGURES[name]()
+    assert not fig.data
+    assert fig.layout.paper_bgcolor == "rgba(0,0,0,0)"
+    assert fig.layout.annotations and fig.layout.annotations[0].text.startswith("No ")
+    fig.to_json()
+
+
+@pytest.mark.parametrize("name", ["attention_heatmap", "token_focus", "surprisal_chart", "logit_lens_heatmap"])
+def test_repeated_tokens_stay_distinct_on_the_axis(name):
+    fig = ALL_FIGURES[name]()
+    names = axis_names(fig)
+    assert len(set(names)) == len(names)  # plotly would merge equal category names
+    assert "1:␣cat" in names and ("5:␣cat" in names or name == "token_focus")
+    assert fig.layout.xaxis.type == "category"  # so "3:2023"-like names are never read as numbers or dates
+
+
+def test_token_markup_is_escaped_in_labels():
+    labels = ["<b>", "&", "x"]
+    fig = figures.attention_heatmap(random_patterns(t=3), labels)
+    assert axis_names(fig) == ["0:&lt;b&gt;", "1:&amp;", "2:x"]  # plotly decodes entities when drawing
+
+
+def test_long_texts_get_smaller_tick_font():
+    short = figures.attention_heatmap(random_patterns(t=8), ["a"] * 8)
+    long = figures.attention_heatmap(random_patterns(t=100), ["a"] * 100)
+    assert long.layout.xaxis.tickfont.size < short.layout.xaxis.tickfont.size
+
+
+# ---- attention -------------------------------------------------------------------------------------
+
+
+def test_attention_heatmap_shows_the_pattern_queries_top_down():
+    pattern = random_patterns()
+    fig = figures.attention_heatmap(pattern, LABELS, title="L2 H5")
+    (trace,) = fig.data
+    assert trace.type == "heatmap"
+    np.testing.assert_array_equal(trace.z, pattern)
+    assert axis_names(fig, "y") == axis_names(fig, "x") == [f"{i}:{label}" for i, label in enumerate(LABELS)]
+    assert fig.layout.yaxis.autorange == "reversed"  # query 0 on the top row
+    assert "query" in fig.layout.yaxis.title.text and "key" in fig.layout.xaxis.title.text
+    assert trace.hovertemplate.startswith("%{y} → %{x}: %{z")  # query token → key token: weight
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0, 1)
+    assert fig.layout.title.text == "L2 H5"
+
+
+def test_attention_heatmap_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="len\\(labels\\) = 6"):
+        figures.attention_heatmap(random_patterns(), LABELS[:-1])
+    with pytest.raises(ValueError, match="shape"):
+        figures.attention_heatmap(random_patterns(2), LABELS)
+
+
+@pytest.mark.parametrize("n_head", [1, 4, 6, 12])
+def test_attention_grid_has_one_panel_per_head(n_head):
+    patterns = random_patterns(n_head)
+    fig = figures.attention_grid(patterns, LABELS, layer=3)
+    assert len(fig.data) == n_head
+    assert [a.text for a in fig.layout.annotations] == [f"head {h}" for h in range(n_head)]
+    assert len({(t.xaxis, t.yaxis) for t in fig.data}) == n_head  # each head in its own panel
+    assert len(list(fig.select_xaxes())) == len(list(fig.select_yaxes())) == -(-n_head // 4) * min(4, n_head)
+    for h, trace in enumerate(fig.data):
+        np.testing.assert_array_equal(trace.z, patterns[h])
+        assert trace.coloraxis == "coloraxis"  # one shared scale
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0, 1)
+    assert all(axis.autorange == "reversed" for axis in fig.select_yaxes())
+    assert "Layer 3" in fig.layout.title.text
+
+
+def test_attention_grid_drops_tick_labels_only_on_long_texts():
+    short = figures.attention_grid(random_patterns(2), LABELS, layer=0)
+    long = figures.attention_grid(random_patterns(2, t=40), [f"t{i}" for i in range(40)], layer=0)
+    assert all(axis.showticklabels for axis in short.select_xaxes())
+    assert not any(axis.showticklabels for axis in [*long.select_xaxes(), *long.select_yaxes()])
+
+
+def test_token_focus_rows_are_layer_heads_and_columns_keys_up_to_the_query():
+    n_layer, n_head, query = 3, 4, 4
+    patterns = random_patterns(n_layer, n_head)
+    fig = figures.token_focus(patterns, LABELS, query)
+    (trace,) = fig.data
+    assert np.shape(trace.z) == (n_layer * n_head, query + 1)
+    np.testing.assert_array_equal(trace.z, patterns[:, :, query, : query + 1].reshape(-1, query + 1))
+    assert list(trace.y) == [f"L{layer} H{head}" for layer in range(n_layer) for head in range(n_head)]
+    assert list(trace.x) == [f"{i}:{label}" for i, label in enumerate(LABELS[: query + 1])]
+    assert trace.z[n_head + 2][1] == patterns[1, 2, query, 1]  # row "L1 H2"
+    assert fig.layout.yaxis.autorange == "reversed"
+    assert "4:␣the" in fig.layout.title.text
+
+
+@pytest.mark.parametrize("query", [-1, T])
+def test_token_focus_rejects_a_query_outside_the_text(query):
+    with pytest.raises(ValueError, match="query"):
+        figures.token_focus(random_patterns(1, 1), LABELS, query)
+
+
+def test_attention_figures_from_a_real_model():
+    model = gpt2.GPT2(gpt2.GPTConfig.preset("tiny")).eval()
+    maps = attention_maps(model, gpt2.encode("the cat and the cat"))
+    config = model.config
+    grid = figures.attention_grid(maps.patterns[0], maps.labels, layer=maps.layers[0])
+    assert len(grid.data) == config.n_head
+    focus = figures.token_focus(maps.patterns, maps.labels, query=len(maps.labels) - 1)
+    assert np.shape(focus.data[0].z) == (config.n_layer * config.n_head, len(maps.labels))
+    np.testing.assert_allclose(np.sum(focus.data[0].z, axis=1), 1, rtol=1e-5)  # each head's row is a distribution
+    assert len(set(focus.data[0].x)) == len(maps.labels)  # "␣the", "␣cat" repeat in the text
+
+
+# ---- sampling ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chosen", [0, 3, None])
+def test_candidates_bar_one_bar_per_stage_and_the_chosen_marked(chosen):
+    labels = ["␣the", "␣a", "␣the", "␣an", "↵"]  # equal labels (different ids) must not merge
+    probs = stage_probs(len(labels))
+    fig = figures.candidates_bar(labels, probs, chosen)
+    assert [t.name for t in fig.data] == list(gpt2.sampling.STAGES)
+    for trace, stage in zip(fig.data, probs, strict=True):
+        assert trace.type == "bar" and trace.orientation == "h"
+        np.testing.assert_array_equal(trace.x, probs[stage])
+        assert list(trace.y) == list(fig.data[0].y)
+    names = list(fig.data[0].y)
+    assert len(set(names)) == len(labels)
+    marked = [i for i, name in enumerate(names) if "▶" in name]
+    assert marked == ([] if chosen is None else [chosen])
+    if chosen is not None:
+        assert names[chosen].startswith("<b>") and labels[chosen] in names[chosen]
+    assert "1. ␣the" in names[0] and fig.layout.yaxis.autorange == "reversed"  # most likely on top
+    assert fig.layout.barmode == "group"
+
+
+def test_candidates_bar_rejects_bad_input():
+    with pytest.raises(ValueError, match="chosen"):
+        figures.candidates_bar(["a", "b"], {"raw": np.array([0.6, 0.4])}, chosen=2)
+    with pytest.raises(ValueError, match="top-k"):
+        figures.candidates_bar(["a", "b"], {"raw": np.array([0.6, 0.4]), "top-k": np.array([1.0])}, chosen=0)
+    with pytest.raises(ValueError, match="at least one stage"):
+        figures.candidates_bar(["a", "b"], {}, chosen=0)
+
+
+# ---- scores ----------------------------------------------------------------------------------------
+
+
+def test_surprisal_chart_two_lines_over_tokens_in_nats():
+    surprisal, entropy = np.linspace(0, 5, T), np.linspace(3, 1, T)
+    fig = figures.surprisal_chart(LABELS, surprisal, entropy)
+    assert [t.type for t in fig.data] == ["scatter", "scatter"]
+    assert [t.name for t in fig.data] == ["surprisal −ln p", "entropy"]
+    np.testing.assert_array_equal(fig.data[0].y, surprisal)
+    np.testing.assert_array_equal(fig.data[1].y, entropy)
+    assert list(fig.data[1].x) == axis_names(fig)
+    assert "nats" in fig.layout.yaxis.title.text
+    with pytest.raises(ValueError, match="entropy"):
+        figures.surprisal_chart(LABELS, surprisal, entropy[:-1])
+
+
+@pytest.mark.parametrize(("rank", "bucket"), [
+    (1, "top-10"), (10, "top-10"), (11, "top-100"), (100, "top-100"), (101, "top-1000"),
+    (1000, "top-1000"), (1001, "beyond"), (50257, "beyond"),
+])
+def test_gltr_bucket_boundaries(rank, bucket):
+    assert figures.gltr_highlights(["␣x"], np.array([rank])) == [("␣x", bucket)]
+
+
+def test_gltr_highlights_pair_texts_with_buckets_and_colors():
+    texts = ["The", " cat", "\n", " sat"]
+    out = figures.gltr_highlights(texts, np.array([3, 57, 900, 4000]))
+    assert out == [("The", "top-10"), (" cat", "top-100"), ("\n", "top-1000"), (" sat", "beyond")]
+    assert set(figures.GLTR_COLORS) == {"top-10", "top-100", "top-1000", "beyond"}
+    assert figures.gltr_highlights([], np.zeros(0)) == []
+    with pytest.raises(ValueError, match="1-based"):
+        figures.gltr_highlights(["a"], np.array([0]))
+    with pytest.raises(ValueError, match="ranks"):
+        figures.gltr_highlights(["a", "b"], np.array([1]))
+
+
+def test_logit_lens_rows_are_layers_with_the_last_on_top():
+    top_labels, top_probs = lens_record(n_layer=3)
+    fig = figures.logit_lens_heatmap(LABELS, top_labels, top_probs)
+    (trace,) = fig.data
+    np.testing.assert_array_equal(trace.z, top_probs)
+    assert list(trace.y) == ["embed", "L0", "L1", "L2"]
+    assert fig.layout.yaxis.autorange is None  # categories run upward: the last layer is on top
+    assert [list(row) for row in trace.text] == top_labels
+    assert trace.texttemplate == "%{text}"  # few cells: labels drawn in them
+    assert "%{text}" in trace.hovertemplate
+
+
+def test_logit_lens_long_text_keeps_labels_in_hover_only():
+    n = 200
+    top_labels, top_probs = lens_record(n_layer=12, t=n)
+    fig = figures.logit_lens_heatmap([f"t{i}" for i in range(n)], top_labels, top_probs)
+    assert fig.data[0].texttemplate is None and "%{text}" in fig.data[0].hovertemplate
+
+
+def test_logit_lens_rejects_ragged_records():
+    top_labels, top_probs = lens_record()
+    with pytest.raises(ValueError, match="top_labels"):
+        figures.logit_lens_heatmap(LABELS, top_labels[:-1], top_probs)
+    with pytest.raises(ValueError, match="top_probs"):
+        figures.logit_lens_heatmap(LABELS[:-1], top_labels, top_probs)
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+def test_loss_curve_train_line_and_validation_markers():
+    fig = figures.loss_curve([0, 10, 20, 30], [4.0, 3.2, 2.9, 2.7], [0, 30], [4.1, 2.8])
+    train, val = fig.data
+    assert (train.name, train.mode, list(train.x), list(train.y)) == ("train", "lines", [0, 10, 20, 30],
+                                                                      [4.0, 3.2, 2.9, 2.7])
+    assert (val.name, list(val.x), list(val.y)) == ("validation", [0, 30], [4.1, 2.8])
+    assert "markers" in val.mode
+    assert fig.layout.xaxis.title.text == "step" and "nats/token" in fig.layout.yaxis.title.text
+    assert len(figures.loss_curve([0, 1], [3.0, 2.0], [], []).data) == 1  # no validation yet
+    with pytest.raises(ValueError, match="val_loss"):
+        figures.loss_curve([0], [3.0], [0, 5], [3.1])

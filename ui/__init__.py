@@ -1,0 +1,1 @@
+"""The browser playground: pure figure builders (``ui.figures``) for the Gradio app's tabs."""
