@@ -1,0 +1,47 @@
+"""GPT-2 Playground: ``python app.py [--model NAME_OR_DIR]`` (also the Hugging Face Space entry point).
+
+The default model is the bundled checkpoint (offline), or the hub's ``gpt2`` on a Space; ``--model`` or
+the ``GPT2_MODEL`` environment variable chooses another. ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT``
+work as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ui.blocks import build_demo
+from ui.context import AppContext
+from ui.models import BUNDLED, ModelStore, catalog
+
+
+def default_model() -> str:
+    """``GPT2_MODEL`` if set; the real ``gpt2`` on a Space (which has network); else the bundled model."""
+    return os.environ.get("GPT2_MODEL") or ("gpt2" if os.environ.get("SPACE_ID") else BUNDLED)
+
+
+def make_context(model: str) -> AppContext:
+    """The shared store with ``model`` offered (a hub id, a folder under checkpoints/ or any directory)."""
+    entries = catalog(extra=model)
+    key = model if model in entries else next(k for k, e in entries.items() if e.source == model)
+    return AppContext(ModelStore(entries), default_key=key)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=default_model(), help="hub id or checkpoint directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        ctx = make_context(args.model)
+        demo = build_demo(ctx)
+    except Exception as e:  # noqa: BLE001 - one clear line instead of a traceback at startup
+        sys.exit(f"error: cannot start with model {args.model!r}: {e}")
+    demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
+    demo.launch()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""What every tab needs: the shared model store, the server-side caps, and the session's model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+import gpt2
+
+from .models import ModelStore
+from .session import Session
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Limits enforced on the server (the widgets only mirror them). Each can be set by environment
+    variable, e.g. ``GPT2_MAX_NEW_TOKENS=512``; the defaults keep a free 2-vCPU Space responsive."""
+
+    max_prompt_chars: int = field(default_factory=lambda: _env_int("GPT2_MAX_PROMPT_CHARS", 20_000))
+    max_new_tokens: int = field(default_factory=lambda: _env_int("GPT2_MAX_NEW_TOKENS", 256))
+    max_train_steps: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_STEPS", 500))
+    max_train_seconds: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_SECONDS", 180))
+    max_upload_bytes: int = field(default_factory=lambda: _env_int("GPT2_MAX_UPLOAD_BYTES", 2_000_000))
+    queue_size: int = field(default_factory=lambda: _env_int("GPT2_QUEUE_SIZE", 64))
+    generate_concurrency: int = field(default_factory=lambda: _env_int("GPT2_GENERATE_CONCURRENCY", 4))
+    session_ttl_s: int = field(default_factory=lambda: _env_int("GPT2_SESSION_TTL", 1800))
+
+
+@dataclass
+class AppContext:
+    store: ModelStore
+    default_key: str
+    caps: Caps = field(default_factory=Caps)
+
+    def new_session(self) -> Session:
+        return Session(model_key=self.default_key)
+
+    def session(self, state: Session | None) -> Session:
+        """The session held in a ``gr.State`` (created on first use: a State's value must be copyable)."""
+        return state if isinstance(state, Session) else self.new_session()
+
+    def model(self, session: Session, finetuned: bool | None = None) -> tuple[gpt2.GPT2, object | None]:
+        """The session's model and adapter (``None`` for the base). ``finetuned`` None follows the
+        session's base/fine-tuned toggle."""
+        use = session.use_finetuned if finetuned is None else finetuned
+        if use and session.finetuned_model is not None:
+            return session.finetuned_model, None
+        try:
+            base = self.store.get(session.model_key)
+        except (KeyError, gpt2.CheckpointError) as e:
+            raise gr.Error(str(e)) from None
+        if use and session.adapter is not None and session.adapter_base == session.model_key:
+            return base, session.adapter
+        return base, None

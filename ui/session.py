@@ -1,0 +1,76 @@
+"""What one browser session owns: its model choice, its fine-tuned adapter, its generation records and
+its stop control. Nothing here is shared between sessions; the base models are (see ``ui.models``)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import gpt2
+
+MAX_RECORDS = 8  # generations a session keeps for the other tabs
+LOGIT_RECORDS = 2  # of those, how many keep per-step logits (vocab floats per step: the big part)
+_ids = itertools.count(1)
+
+
+@dataclass
+class GenerationRecord:
+    """One generation, kept so the attention and probability tabs can open it."""
+
+    prompt_ids: list[int]
+    params: gpt2.SamplingParams
+    model_key: str
+    finetuned: bool
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    steps: list[gpt2.StepDetails] = field(default_factory=list)
+    seconds: float = 0.0
+    id: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def label(self) -> str:
+        snippet = gpt2.get_tokenizer().decode(self.prompt_ids[-8:]).replace("\n", " ")
+        tag = " (fine-tuned)" if self.finetuned else ""
+        return f"#{self.id} {self.model_key}{tag}: …{snippet[-30:]} +{len(self.token_ids)} tokens"
+
+    def context_ids(self, step: int) -> np.ndarray:
+        """Ids the model had seen when it chose token ``step`` (for the repetition penalty)."""
+        return np.asarray(self.prompt_ids + self.token_ids[:step], dtype=np.int64)
+
+
+@dataclass
+class Session:
+    """Per-browser-session state, held in a ``gr.State`` that expires after inactivity."""
+
+    model_key: str
+    adapter: object | None = None  # training.LoRAAdapter on the base model ``adapter_base``
+    adapter_base: str | None = None
+    finetuned_model: gpt2.GPT2 | None = None  # full fine-tuning keeps its own copy
+    use_finetuned: bool = False
+    records: deque[GenerationRecord] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def add_record(self, record: GenerationRecord) -> None:
+        self.records.append(record)
+        for old in list(self.records)[:-LOGIT_RECORDS]:  # free the big arrays of older records
+            for d in old.steps:
+                d.logits = None
+
+    def record(self, record_id: int | None) -> GenerationRecord | None:
+        """A kept record by id, or the latest one when ``record_id`` is None."""
+        if record_id is None:
+            return self.records[-1] if self.records else None
+        return next((r for r in self.records if r.id == record_id), None)
+
+    def has_finetuned(self) -> bool:
+        return self.finetuned_model is not None or (self.adapter is not None and self.adapter_base == self.model_key)
+
+    def close(self) -> None:
+        """Called when the session expires: stop its work and drop its big objects now."""
+        self.stop.set()
+        self.records.clear()
+        self.adapter = self.finetuned_model = None
