@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - one clear line instead of a traceback at startup
         sys.exit(f"error: cannot start with model {args.model!r}: {e}")
     demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
-    demo.launch()
+    demo.launch(max_file_size=ctx.caps.max_upload_bytes)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,9 @@ def save_checkpoint(
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         hf = config.to_hf() | {"torch_dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
         (tmp / CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        for f in (tmp / WEIGHTS_FILE, tmp / CONFIG_FILE):
+            os.chmod(f, 0o644)
         if out.is_dir():
             for extra in out.iterdir():
                 if extra.name not in (CONFIG_FILE, WEIGHTS_FILE) and not (tmp / extra.name).exists():

@@ -6,7 +6,7 @@ import gradio as gr
 
 import gpt2
 
-from . import generate_tab
+from . import attention_tab, finetune_tab, generate_tab, probabilities_tab
 from .context import AppContext
 from .session import Session
 
@@ -29,16 +29,30 @@ def _close(session: Session | None) -> None:
 def build_demo(ctx: AppContext) -> gr.Blocks:
     """The whole app. Every tab gets the same context and session state."""
     default_model = ctx.store.get(ctx.default_key)
-    with gr.Blocks(title="GPT-2 Playground") as demo:
+    with gr.Blocks(title="GPT-2 Playground", delete_cache=(600, 3600)) as demo:  # drop old served files
         state = gr.State(None, time_to_live=ctx.caps.session_ttl_s, delete_callback=_close)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=True):
             picker = gr.Dropdown([(e.label, e.key) for e in ctx.store.entries.values()], value=ctx.default_key,
                                  label="Model", scale=2)
+            use_finetuned = gr.Checkbox(False, label="use my fine-tuned model",
+                                        info="after fine-tuning; off = the base model", scale=1)
             info = gr.Markdown(model_info(ctx.default_key, default_model))
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
-                generate_tab.build(ctx, state)
+                gen = generate_tab.build(ctx, state)
+            with gr.Tab("Attention", id="attention") as attention_page:
+                attention = attention_tab.build(ctx, state)
+            with gr.Tab("Probabilities", id="probabilities"):
+                probs = probabilities_tab.build(ctx, state)
+            with gr.Tab("Fine-tune", id="finetune"):
+                finetune_tab.build(ctx, state, use_finetuned)
+        for event in gen.done:  # new generations appear in the other tabs' pickers
+            event.then(probabilities_tab.refresh_picker, [probs.record_picker, state], [probs.record_picker],
+                       api_visibility="private")
+        (gen.inspect_probabilities.click(probabilities_tab.select_latest, [state], [probs.record_picker],
+                                         api_visibility="private")
+         .then(lambda: gr.Tabs(selected="probabilities"), None, [tabs], api_visibility="private"))
 
         def switch_model(key, session):
             """Load one of the offered models for this session (others are unaffected)."""
@@ -52,8 +66,11 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
                 yield model_info(session.model_key, current), session, gr.update(value=session.model_key)
                 return
             session.model_key = key
+            session.use_finetuned = session.use_finetuned and session.has_finetuned()
             yield model_info(key, model), session, gr.update()
 
-        picker.change(switch_model, [picker, state], [info, state, picker], api_name="load_model",
-                      concurrency_limit=1, concurrency_id="load")
+        loaded = picker.change(switch_model, [picker, state], [info, state, picker], api_name="load_model",
+                               concurrency_limit=1, concurrency_id="load")
+        loaded.then(lambda s: s.use_finetuned, [state], [use_finetuned], api_visibility="private")
+        attention_tab.connect(ctx, attention, state, gen, tabs, attention_page, model_events=[loaded])
     return demo

@@ -48,13 +48,11 @@ class AppContext:
     def model(self, session: Session, finetuned: bool | None = None) -> tuple[gpt2.GPT2, object | None]:
         """The session's model and adapter (``None`` for the base). ``finetuned`` None follows the
         session's base/fine-tuned toggle."""
-        use = session.use_finetuned if finetuned is None else finetuned
+        use = (session.use_finetuned if finetuned is None else finetuned) and session.has_finetuned()
         if use and session.finetuned_model is not None:
             return session.finetuned_model, None
         try:
             base = self.store.get(session.model_key)
         except (KeyError, gpt2.CheckpointError) as e:
             raise gr.Error(str(e)) from None
-        if use and session.adapter is not None and session.adapter_base == session.model_key:
-            return base, session.adapter
-        return base, None
+        return base, session.adapter if use else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .session import GenerationRecord, Session
 
 TOP_CANDIDATES = 20  # candidates kept per step for the probability tab
 STREAM_INTERVAL_S = 0.05  # throttle UI updates: a small model outruns the browser
+_SURROGATE = re.compile("[\ud800-\udfff]")
 EXAMPLES = [
     "ROMEO:\nBut soft, what light",
     "First Citizen:\nBefore we proceed any further, hear me speak.",
@@ -67,8 +69,8 @@ def _integer(name: str, value) -> int:
 
 def prepare_prompt(text: str | None, caps: Caps, block_size: int) -> tuple[list[int], str | None]:
     """Clean and tokenize a prompt, cropping very long ones from the left with a notice. Lone
-    surrogates and other unencodable characters become U+FFFD instead of failing."""
-    text = (text or "").encode("utf-8", errors="replace").decode("utf-8")
+    surrogates become U+FFFD instead of failing."""
+    text = _SURROGATE.sub("\ufffd", text or "")  # lone surrogates cannot be encoded to UTF-8
     notice = None
     if len(text) > caps.max_prompt_chars:  # crop before tokenizing: megabytes of text stay fast
         text = text[-caps.max_prompt_chars :]

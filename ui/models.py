@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gpt2
 from gpt2.weights import CONFIG_FILE, HUB_MODELS, WEIGHTS_FILE
+from training.lora import install_lora
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ class ModelStore:
                     return self._models[key]
             log.info("loading model %s", key)
             model = gpt2.GPT2.from_pretrained(self.entries[key].source, device=self.device, dtype=self.dtype)
-            model.requires_grad_(False)  # shared for inference; fine-tuning uses adapters or copies
+            # Shared by every session: frozen, with LoRA slots installed now (before any concurrent use),
+            # so a session's fine-tuning adds an adapter instead of changing the model.
+            install_lora(model)
             with self._lock:
                 self._models[key] = model
                 while len(self._models) > self.capacity:

@@ -4,9 +4,11 @@ its stop control. Nothing here is shared between sessions; the base models are (
 from __future__ import annotations
 
 import itertools
+import tempfile
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +54,16 @@ class Session:
     finetuned_model: gpt2.GPT2 | None = None  # full fine-tuning keeps its own copy
     use_finetuned: bool = False
     records: deque[GenerationRecord] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # Generate's Stop
+    train_stop: threading.Event = field(default_factory=threading.Event)  # Fine-tune's Stop
+    _workdir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """A private temporary folder (uploads, downloads), removed when the session closes."""
+        if self._workdir is None:
+            self._workdir = tempfile.TemporaryDirectory(prefix="gpt2-playground-")
+        return Path(self._workdir.name)
 
     def add_record(self, record: GenerationRecord) -> None:
         self.records.append(record)
@@ -67,10 +78,16 @@ class Session:
         return next((r for r in self.records if r.id == record_id), None)
 
     def has_finetuned(self) -> bool:
-        return self.finetuned_model is not None or (self.adapter is not None and self.adapter_base == self.model_key)
+        """Whether a fine-tuned version of the session's current model exists."""
+        made = self.finetuned_model is not None or self.adapter is not None
+        return made and self.adapter_base == self.model_key
 
     def close(self) -> None:
         """Called when the session expires: stop its work and drop its big objects now."""
         self.stop.set()
+        self.train_stop.set()
         self.records.clear()
         self.adapter = self.finetuned_model = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
