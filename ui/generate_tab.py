@@ -173,7 +173,8 @@ def build(ctx: AppContext, state: gr.State) -> GenerateTab:
             with gr.Row():
                 run = gr.Button("Generate", variant="primary")
                 stop_btn = gr.Button("Stop")
-            output = gr.Textbox(label="Generated text", lines=8, interactive=False, buttons=["copy"])
+            output = gr.Textbox(label="Generated text", lines=8, interactive=False, buttons=["copy"],
+                                elem_id="generated-text")
             stats = gr.Markdown()
             with gr.Row():
                 inspect_attention = gr.Button("Inspect attention ›", size="sm")
