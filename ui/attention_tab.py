@@ -371,8 +371,11 @@ def _slider(n: int, value, to_end: bool = False) -> dict:
         current = int(float(value))
     except (TypeError, ValueError):
         current = 0
-    value = n - 1 if to_end else current
-    return gr.update(maximum=max(n - 1, 1), value=min(max(value, 0), max(n - 1, 0)), interactive=n > 1)
+    update = dict(maximum=max(n - 1, 1), interactive=n > 1)
+    if to_end or not 0 <= current <= max(n - 1, 0):  # only move a value that must move: a user may be
+        target = n - 1 if to_end else current  # dragging this slider while the update is in flight
+        update["value"] = min(max(target, 0), max(n - 1, 0))
+    return gr.update(**update)
 
 
 def _fit_handler(ctx: AppContext, to_end: bool) -> Callable:
