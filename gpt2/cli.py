@@ -16,8 +16,6 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import torch
-
 from . import prompts
 from .generation import Step, generate
 from .inspection import score
@@ -115,26 +113,8 @@ def sampling_params(args: argparse.Namespace, default_max_new_tokens: int) -> Sa
     )
 
 
-def _check_device(device: str | None) -> None:
-    """Fail early with a clear message: torch would raise a RuntimeError or assertion deep in ``.to()``."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"invalid --device {device!r}: {e}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available on this machine")
-
-
 def load_model(args: argparse.Namespace) -> GPT2:
     """The model named by ``--model`` on ``--device`` in ``--dtype``."""
-    _check_device(args.device)
     return GPT2.from_pretrained(args.model, device=args.device, dtype=args.dtype)
 
 
