@@ -7,6 +7,11 @@ work as usual.
 
 from __future__ import annotations
 
+try:  # on a ZeroGPU Space, ``spaces`` must come before anything that could touch CUDA (see ui/gpu.py)
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
 import argparse
 import logging
 import os

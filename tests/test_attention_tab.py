@@ -13,7 +13,7 @@ from conftest import random_model
 
 import gpt2
 from gpt2.inspection import attention_maps, head_scores
-from training import LoRAAdapter, LoRAConfig, install_lora
+from training import LoRAAdapter, LoRAConfig, install_lora, use_adapter
 from ui import attention_tab as at
 from ui.context import AppContext
 from ui.generate_tab import stream
@@ -106,7 +106,7 @@ def test_token_focus_is_one_query_row_of_every_layer(ctx, handlers):
     np.testing.assert_allclose(np.asarray(fig.data[0].z), want, atol=1e-5)
     assert list(fig.data[0].y) == ["L0 H0", "L0 H1", "L1 H0", "L1 H1"]
     assert fig.layout.title.text.startswith(f"What {q}:")
-    np.testing.assert_allclose(at.focus_rows(model, None, ids[: q + 1]), full[:, :, q, : q + 1], atol=1e-5)
+    np.testing.assert_allclose(at.focus_rows(model, ids[: q + 1]), full[:, :, q, : q + 1], atol=1e-5)
 
 
 def test_step_replays_a_generation(ctx, handlers):
@@ -149,7 +149,7 @@ def test_a_generation_past_the_context_shows_the_models_window(ctx, handlers):
 def test_head_table_scores_every_head_with_induction_on_repeated_tokens(ctx, handlers):
     attention, _ = handlers
     model = ctx.store.get(ctx.default_key)
-    text = at.repeated_text(model, seed=3)
+    text = at.repeated_text(model.config, seed=3)
     ids = gpt2.encode(text)
     assert len(ids) <= model.config.block_size
     _, table, note, _ = attention(text, "text", None, 0, 0, "one head", None, 0, None)
@@ -167,7 +167,7 @@ def test_head_table_reads_at_most_the_first_tokens(ctx, monkeypatch):
     monkeypatch.setattr(at, "TABLE_TOKENS", 5)
     model = ctx.store.get(ctx.default_key)
     ids = gpt2.encode(TEXT)
-    table = at.head_table(model, None, ids)
+    table = at.head_table(at.head_score_job(model, at.text_source(ctx, ctx.new_session(), TEXT).table_ids))
     want = head_scores(attention_maps(model, ids[:5]))
     np.testing.assert_allclose(table["entropy"], want.entropy.ravel(), atol=6e-4)
 
@@ -236,7 +236,7 @@ def test_adapter_changes_the_patterns_and_the_base_session_is_unaffected(tiny_di
     gen_z = z(tuned, source="a generation", step=0)[0]
     record = tuned.records[-1]
     ids = record.prompt_ids + record.token_ids[:1]
-    with at.use_adapter(adapter):
+    with use_adapter(adapter):
         np.testing.assert_allclose(gen_z, attention_maps(base, ids, [1]).patterns[0, 0], atol=1e-5)
 
 

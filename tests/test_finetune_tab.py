@@ -20,6 +20,7 @@ from training import LoRAAdapter, merge_lora, prepare_data, use_adapter
 from ui import finetune_tab as ft
 from ui.context import AppContext, Caps
 from ui.generate_tab import stream
+from ui.gpu import ModelRef
 from ui.models import ModelStore, catalog
 from ui.session import Session
 
@@ -100,7 +101,7 @@ def test_lora_run_streams_progress_and_keeps_the_adapter(ctx, lora_run):
     assert list(train.x) == [1, 2, 3, 4] and any(t.name == "validation" for t in outs[-1][0].data)
     assert isinstance(session.adapter, LoRAAdapter) and session.adapter_base == ctx.default_key
     assert session.use_finetuned and session.finetuned_model is None
-    assert ctx.model(session) == (lora_run["base"], session.adapter)
+    assert ctx.ref(session) == ModelRef(ctx.default_key, adapter=session.adapter)
     before, after = outs[-1][2], outs[-1][3]
     assert before and after and before != after  # same seed, different model
 
@@ -135,7 +136,8 @@ def test_full_fine_tuning_trains_a_private_copy(ctx, h, tmp_path):
     assert copy is not None and copy is not base and session.adapter is None and session.use_finetuned
     assert not same_weights(copy, weights) and same_weights(base, weights)
     assert not any(p.requires_grad for p in copy.parameters())
-    assert ctx.model(session) == (copy, None) and ctx.model(session, finetuned=False) == (base, None)
+    assert ctx.ref(session) == ModelRef(ctx.default_key, model=copy)
+    assert ctx.ref(session, finetuned=False) == ModelRef(ctx.default_key)
     with zipfile.ZipFile(outs[-1][4]["value"]) as z:
         z.extractall(tmp_path)
     with torch.no_grad():
@@ -172,8 +174,8 @@ def test_toggle_switches_between_base_and_fine_tuned(ctx, h, lora_run):
         value, fresh = h.toggle(True, None)
     assert value is False and not fresh.use_finetuned
     session = lora_run["session"]
-    assert h.toggle(False, session)[0] is False and ctx.model(session)[1] is None
-    assert h.toggle(True, session)[0] is True and ctx.model(session)[1] is session.adapter
+    assert h.toggle(False, session)[0] is False and ctx.ref(session).adapter is None
+    assert h.toggle(True, session)[0] is True and ctx.ref(session).adapter is session.adapter
     h.stop(None)  # Stop before any run: nothing to do, no error
 
 
@@ -302,7 +304,8 @@ def test_two_sessions_train_at_once_and_keep_their_own_adapters(ctx, h):
     ids = gpt2.encode(FAST["sample_prompt"])
     params = ft.sample_params(ctx.caps, FAST["seed"])
     for name, s in (("a", sa), ("b", sb)):  # each "after" sample came from that session's own adapter
-        assert results[name][-1][3] == ft.sample_text(base, s.adapter, ids, params)
+        with use_adapter(s.adapter):
+            assert results[name][-1][3] == ft.sample_text(base, ids, params)
     assert results["a"][-1][3] != results["b"][-1][3]
 
 

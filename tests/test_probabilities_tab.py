@@ -120,7 +120,8 @@ def test_sampled_chosen_token_has_its_generation_probability(ctx, gens):
         assert probs["top-p"][chosen] > 0
         assert probs["raw"][chosen] == pytest.approx(details.chosen_raw_prob, abs=2e-3)  # kept logits are fp16
         # from fp32 logits the stages give exactly what the sampler drew from (fp16 can move a top-p cut)
-        exact = pt.step_stages(record, step, record.params, logits=pt.recompute_logits(model, record, step))[1]
+        logits = pt.next_logits(model, pt.step_window(record, step, model.config.block_size))
+        exact = pt.step_stages(record, step, record.params, logits=logits)[1]
         assert exact["top-p"][chosen] == pytest.approx(details.chosen_prob, rel=1e-4)
 
 
@@ -162,7 +163,7 @@ def test_dropped_logits_are_recomputed_in_the_steps_window(ctx, gens, monkeypatc
         pt.step_stages(record, 0, record.params)
     model = ctx.store.get(record.model_key)
     for step in (0, 3, 4, 11):
-        logits = pt.recompute_logits(model, record, step)
+        logits = pt.next_logits(model, pt.step_window(record, step, model.config.block_size))
         np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1),
                                    torch.from_numpy(gens.slid_logits[step]).softmax(-1), atol=2e-3)
     _, summary, kept = pt.show_step(ctx, gens.session, record.id, 11, None, None, None, None)

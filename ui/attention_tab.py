@@ -22,12 +22,12 @@ import plotly.graph_objects as go
 import torch
 
 import gpt2
-from gpt2.inspection import attention_maps, head_scores, repeated_tokens
-from training.lora import use_adapter
+from gpt2.inspection import HeadScores, attention_maps, head_scores, repeated_tokens
 
 from . import figures
 from .context import AppContext
 from .generate_tab import GenerateTab, prepare_prompt
+from .gpu import Gpu, ModelRef
 from .session import MAX_RECORDS, GenerationRecord, Session
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,11 @@ _POSITION = re.compile(r"^\d+(?=:)")  # the position prefix of a figures token c
 
 @dataclass
 class Shown:
-    """The tokens the views read, and the model (plus adapter, or None) that reads them."""
+    """The tokens the views read, and the model that reads them (run through ``gpu``)."""
 
-    model: gpt2.GPT2
-    adapter: object | None
+    gpu: Gpu
+    ref: ModelRef
+    config: gpt2.GPTConfig
     ids: list[int]  # the tokens drawn: a text, or a generation up to the replayed step (≤ the context)
     offset: int = 0  # position of ids[0] in the whole sequence (a generation longer than the context)
     table_ids: list[int] = field(default_factory=list)  # tokens the head summary reads
@@ -105,51 +106,50 @@ def find_record(session: Session, record_id) -> GenerationRecord:
     return record
 
 
-def generation_model(ctx: AppContext, session: Session,
-                     record: GenerationRecord) -> tuple[gpt2.GPT2, object | None, list[str]]:
+def generation_model(ctx: AppContext, session: Session, record: GenerationRecord) -> tuple[ModelRef, list[str]]:
     """The model that made ``record``, as far as the session still has it, plus notes on what differs.
     The session may have switched model or toggled base/fine-tuned since; the record says which it was."""
     notes = []
     if record.model_key == session.model_key:
-        model, adapter = ctx.model(session, finetuned=record.finetuned)
+        ref = ctx.ref(session, finetuned=record.finetuned)
         lost = record.finetuned and not session.has_finetuned()
     else:
-        try:
-            model = ctx.store.get(record.model_key)
-        except (KeyError, gpt2.CheckpointError) as e:
-            raise gr.Error(str(e)) from None
         adapter = session.adapter if record.finetuned and session.adapter_base == record.model_key else None
+        ref = ModelRef(record.model_key, adapter=adapter)
         lost = record.finetuned and adapter is None
     if lost:
         notes.append("This generation came from a fine-tuned model this session no longer has: "
                      "showing the base model's attention.")
-    return model, adapter, notes
+    return ref, notes
 
 
 def text_source(ctx: AppContext, session: Session, text: str | None) -> Shown:
     """A typed text, cleaned and cropped like a prompt, read by the session's current model."""
-    model, adapter = ctx.model(session)
-    ids, notice = prepare_prompt(text, ctx.caps, model.config.block_size)
+    ref = ctx.ref(session)
+    config = ctx.config(ref)
+    ids, notice = prepare_prompt(text, ctx.caps, config.block_size)
     if not ids:
         raise gr.Error("Enter a text to inspect (or press “use repeated random tokens”).")
-    return Shown(model, adapter, ids, table_ids=ids[:TABLE_TOKENS], notes=[notice] if notice else [])
+    return Shown(ctx.gpu, ref, config, ids, table_ids=ids[:TABLE_TOKENS], notes=[notice] if notice else [])
 
 
 def generation_source(ctx: AppContext, session: Session, record_id, step) -> Shown:
     """A kept generation replayed up to ``step`` (None: the last): the prompt and the tokens 0..step."""
     record = find_record(session, record_id)
-    model, adapter, notes = generation_model(ctx, session, record)
+    ref, notes = generation_model(ctx, session, record)
+    config = ctx.config(ref)
     n = len(record.token_ids)
     step = n - 1 if step is None else _in_range("step", step, n, f"generation #{record.id} has {n} tokens")
     prompt = record.prompt_ids or [gpt2.EOT_ID]  # gpt2.generate starts an empty prompt from <|endoftext|>
     full = prompt + record.token_ids
-    block = model.config.block_size
+    block = config.block_size
     end = len(prompt) + step + 1
     offset = max(0, end - block)
     if offset:  # the model itself slid its window past the context while generating
         notes.append(f"At this step the text is longer than the model's context: showing its last {block} "
                      f"tokens (positions {offset}–{end - 1}).")
-    return Shown(model, adapter, full[offset:end], offset, full[: min(TABLE_TOKENS, block)], step, record.id, notes)
+    table_ids = full[: min(TABLE_TOKENS, block)]
+    return Shown(ctx.gpu, ref, config, full[offset:end], offset, table_ids, step, record.id, notes)
 
 
 def resolve(ctx: AppContext, session: Session, source: str, text: str | None, record_id, step) -> Shown:
@@ -161,38 +161,39 @@ def resolve(ctx: AppContext, session: Session, source: str, text: str | None, re
     raise gr.Error(f"source must be one of {', '.join(repr(s) for s in SOURCES)}; got {source!r}")
 
 
-def repeated_text(model: gpt2.GPT2, seed: int) -> str:
+def repeated_text(config: gpt2.GPTConfig, seed: int) -> str:
     """Random tokens repeated once, as text: the probe on which induction heads light up."""
-    length = min(REPEAT_LENGTH, model.config.block_size // 2)
-    return gpt2.get_tokenizer().decode(repeated_tokens(length, seed, model.config.vocab_size))
+    length = min(REPEAT_LENGTH, config.block_size // 2)
+    return gpt2.get_tokenizer().decode(repeated_tokens(length, seed, config.vocab_size))
 
 
 # ---------------------------------------------------------------- computing (only what is drawn)
+# ``ui.gpu`` jobs: they run with the session's adapter active, maybe in a ZeroGPU worker.
 
 
-def layer_patterns(model: gpt2.GPT2, adapter: object | None, ids: Sequence[int], layer: int) -> np.ndarray:
+def layer_patterns(model: gpt2.GPT2, ids: Sequence[int], layer: int) -> np.ndarray:
     """Every head's (T, T) attention in one layer: (n_head, T, T)."""
-    with use_adapter(adapter):
-        return attention_maps(model, ids, [layer]).patterns[0]
+    return attention_maps(model, ids, [layer]).patterns[0]
 
 
 @torch.no_grad()
-def focus_rows(model: gpt2.GPT2, adapter: object | None, ids: Sequence[int]) -> np.ndarray:
+def focus_rows(model: gpt2.GPT2, ids: Sequence[int]) -> np.ndarray:
     """What the last token of ``ids`` attends to, in every layer and head: (n_layer, n_head, len(ids)).
     Attention is causal, so the prefix up to the query is all that is needed, and the trace keeps one
     row per head instead of the full (T, T) squares."""
     n_layer = model.config.n_layer
     trace = gpt2.Trace(attn_layers=range(n_layer), attn_rows=slice(-1, None))
-    with use_adapter(adapter):
-        model(torch.tensor([list(ids)], device=model.device), trace=trace, last_only=True)
+    model(torch.tensor([list(ids)], device=model.device), trace=trace, last_only=True)
     return torch.stack([trace.attn[i][0, :, 0] for i in range(n_layer)]).float().cpu().numpy()
 
 
-def head_table(model: gpt2.GPT2, adapter: object | None, ids: Sequence[int]) -> pd.DataFrame:
-    """Entropy, previous-token and induction score of every head on the first ``TABLE_TOKENS`` tokens."""
-    with use_adapter(adapter):
-        maps = attention_maps(model, list(ids)[:TABLE_TOKENS])
-    scores = head_scores(maps)
+def head_score_job(model: gpt2.GPT2, ids: Sequence[int]) -> HeadScores:
+    """Entropy, previous-token and induction score of every head on ``ids``."""
+    return head_scores(attention_maps(model, list(ids)))
+
+
+def head_table(scores: HeadScores) -> pd.DataFrame:
+    """The per-head summary as a table, one row per head."""
     n_layer, n_head = scores.entropy.shape
     layer, head = np.divmod(np.arange(n_layer * n_head), n_head)
     return pd.DataFrame({
@@ -256,7 +257,7 @@ def _focus_index(shown: Shown, query) -> tuple[int, list[str]]:
 
 def render(shown: Shown, view: str, layer, head, query) -> tuple[go.Figure, list[str]]:
     """The chosen view's figure and notes on what it shows."""
-    cfg = shown.model.config
+    cfg = shown.config
     if view not in VIEWS:
         raise gr.Error(f"view must be one of {', '.join(repr(v) for v in VIEWS)}; got {view!r}")
     layer = _in_range("layer", layer, cfg.n_layer, f"this model has {cfg.n_layer} layers")
@@ -271,11 +272,11 @@ def render(shown: Shown, view: str, layer, head, query) -> tuple[go.Figure, list
 
 def _focus_figure(shown: Shown, focus: int) -> tuple[go.Figure, list[str]]:
     """What token ``focus`` attends to in every layer and head (the oldest keys dropped past a budget)."""
-    cfg = shown.model.config
+    cfg = shown.config
     ids = shown.ids[: focus + 1]
     keys = max(16, FOCUS_CELLS // (cfg.n_layer * cfg.n_head))
     first = max(0, len(ids) - keys)
-    rows = focus_rows(shown.model, shown.adapter, ids)[:, :, first:]  # (L, nh, n)
+    rows = shown.gpu.call(focus_rows, shown.ref, ids)[:, :, first:]  # (L, nh, n)
     labels = gpt2.token_display(ids[first:])
     n = len(labels)
     # token_focus reads only row `query` of (L, nh, T, T) patterns: a zero-copy broadcast of the one
@@ -294,7 +295,7 @@ def _layer_figure(shown: Shown, layer: int, head: int, focus: int, grid: bool) -
     """One head's heatmap, or every head of the layer, over a window of tokens around ``focus``."""
     cap = GRID_TOKENS if grid else HEATMAP_TOKENS
     start, end = window(len(shown.ids), focus, cap)
-    patterns = layer_patterns(shown.model, shown.adapter, shown.ids[:end], layer)[:, start:end, start:end]
+    patterns = shown.gpu.call(layer_patterns, shown.ref, shown.ids[:end], layer)[:, start:end, start:end]
     labels = gpt2.token_display(shown.ids[start:end])
     at_step = f" · step {shown.step}" if shown.step is not None else ""
     if grid:
@@ -355,12 +356,11 @@ def limits(ctx: AppContext, session: Session, source: str, text: str | None, rec
     generation: the main action says what to do)."""
     if source == "a generation" and session.records:
         record = session.record(_record_id(record_id)) or session.records[-1]
-        model, _, _ = generation_model(ctx, session, record)
-        cfg = model.config
+        ref, _ = generation_model(ctx, session, record)
+        cfg = ctx.config(ref)
         return Limits(cfg.n_layer, cfg.n_head, len(record.prompt_ids or [0]) + len(record.token_ids),
                       len(record.token_ids))
-    model, _ = ctx.model(session)
-    cfg = model.config
+    cfg = ctx.config(ctx.ref(session))
     n = len(prepare_prompt(text, ctx.caps, cfg.block_size)[0]) if source == "text" else 0
     return Limits(cfg.n_layer, cfg.n_head, n, 0)
 
@@ -442,7 +442,7 @@ def make_handlers(ctx: AppContext) -> tuple[Callable, Callable]:
         session = ctx.session(session)
         shown = resolve(ctx, session, source, text, record, step)
         fig, notes = render(shown, view, layer, head, query)
-        table = head_table(shown.model, shown.adapter, shown.table_ids)
+        table = head_table(ctx.gpu.call(head_score_job, shown.ref, shown.table_ids))
         return fig, table, f"{describe(shown, notes)}\n\n{table_note(shown)}", session
 
     def redraw(text, source, record, layer, head, view, query, step, session):
@@ -514,8 +514,8 @@ def build(ctx: AppContext, state: gr.State) -> AttentionTab:
     def fill_repeated(session):
         """Random tokens repeated once: induction heads attend from the second copy to the token after
         the first."""
-        model, _ = ctx.model(ctx.session(session))
-        return repeated_text(model, random.SystemRandom().randrange(2**31))
+        config = ctx.config(ctx.ref(ctx.session(session)))
+        return repeated_text(config, random.SystemRandom().randrange(2**31))
 
     (repeat.click(fill_repeated, [state], [text], **private)
      .success(fit_end, fit_in, fit_out, **private).success(attention, inputs, full_out, **private))

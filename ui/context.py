@@ -9,6 +9,7 @@ import gradio as gr
 
 import gpt2
 
+from .gpu import Gpu, ModelRef
 from .models import ModelStore
 from .session import Session
 
@@ -37,6 +38,10 @@ class AppContext:
     store: ModelStore
     default_key: str
     caps: Caps = field(default_factory=Caps)
+    gpu: Gpu = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gpu = Gpu(self.store)
 
     def new_session(self) -> Session:
         return Session(model_key=self.default_key)
@@ -45,14 +50,21 @@ class AppContext:
         """The session held in a ``gr.State`` (created on first use: a State's value must be copyable)."""
         return state if isinstance(state, Session) else self.new_session()
 
-    def model(self, session: Session, finetuned: bool | None = None) -> tuple[gpt2.GPT2, object | None]:
-        """The session's model and adapter (``None`` for the base). ``finetuned`` None follows the
-        session's base/fine-tuned toggle."""
+    def ref(self, session: Session, finetuned: bool | None = None) -> ModelRef:
+        """The session's model for a job (see ``ui.gpu``). ``finetuned`` None follows the session's
+        base/fine-tuned toggle."""
         use = (session.use_finetuned if finetuned is None else finetuned) and session.has_finetuned()
-        if use and session.finetuned_model is not None:
-            return session.finetuned_model, None
+        if use:
+            return ModelRef(session.model_key, adapter=session.adapter, model=session.finetuned_model)
+        return ModelRef(session.model_key)
+
+    def base(self, key: str) -> gpt2.GPT2:
+        """A shared base model, to read its configuration and size: model work goes through ``gpu``."""
         try:
-            base = self.store.get(session.model_key)
+            return self.store.get(key)
         except (KeyError, gpt2.CheckpointError) as e:
             raise gr.Error(str(e)) from None
-        return base, session.adapter if use else None
+
+    def config(self, ref: ModelRef) -> gpt2.GPTConfig:
+        """The configuration of a referenced model."""
+        return ref.model.config if ref.model is not None else self.base(ref.key).config

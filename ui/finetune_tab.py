@@ -2,7 +2,7 @@
 
 The shared base model is never changed. LoRA (the default) trains a small adapter that only this
 session applies (``training.lora``); full fine-tuning trains a private deep copy. Either becomes the
-session's model in the other tabs (``AppContext.model``) behind the header's "use my fine-tuned model"
+session's model in the other tabs (``AppContext.ref``) behind the header's "use my fine-tuned model"
 toggle. Every limit (steps, upload size, wall-clock, block size) is checked here, on the server.
 
 Data: pasted text, or an uploaded ``.txt``/``.csv``/``.jsonl`` file (``training.data`` formats). When
@@ -30,11 +30,12 @@ import gpt2
 import training
 from training import DataError, LoRAAdapter, LoRAConfig, PreparedData, StepRecord, TrainConfig
 from training.data import RecordSplit
-from training.lora import merge_lora, with_adapter
+from training.lora import merge_lora, use_adapter
 
 from . import figures
 from .context import AppContext, Caps
 from .generate_tab import prepare_prompt
+from .gpu import ModelRef, StopFlag
 from .session import Session
 
 MODES = ("LoRA", "full")
@@ -58,6 +59,7 @@ EVAL_BATCHES = 4  # per evaluation: a cheap, steady validation estimate
 WARMUP_STEPS = 5
 SAMPLE_TOKENS = 60  # before/after sample length (capped by caps.max_new_tokens)
 PROMPT_TOKENS = 12  # default sample prompt: this many tokens from the start of the data
+FINISH_SECONDS = 60  # GPU time asked for beyond the training limit: the samples and the download
 STREAM_INTERVAL_S = 0.2  # at most ~5 page updates a second; evaluations and the end always show
 ZIP_NAME = "gpt2-finetuned"  # the download: <workdir>/gpt2-finetuned.zip
 
@@ -286,9 +288,9 @@ def sample_params(caps: Caps, seed: int) -> gpt2.SamplingParams:
                                seed=seed)
 
 
-def sample_text(model: gpt2.GPT2, adapter: LoRAAdapter | None, ids: list[int], params: gpt2.SamplingParams) -> str:
-    """One sample; ``with_adapter`` (also for None) so no adapter context leaks in or out."""
-    return "".join(step.text for step in with_adapter(gpt2.generate(model, ids, params), adapter))
+def sample_text(model: gpt2.GPT2, ids: list[int], params: gpt2.SamplingParams) -> str:
+    """One sample from ``model`` with whatever adapter is active."""
+    return "".join(step.text for step in gpt2.generate(model, ids, params))
 
 
 def export_zip(workdir: Path, model: gpt2.GPT2) -> Path:
@@ -307,22 +309,34 @@ def export_zip(workdir: Path, model: gpt2.GPT2) -> Path:
 
 def keep_result(session: Session, key: str, adapter: LoRAAdapter | None, model: gpt2.GPT2 | None) -> None:
     """Make the result this session's fine-tuned model (replacing an earlier one) and switch to it."""
-    if model is not None:
-        model.requires_grad_(False)  # inference only from now on: no autograd graphs while generating
     session.adapter, session.finetuned_model = adapter, model
-    session.adapter_base = key  # the base it was trained on (``AppContext.model`` checks it for adapters)
+    session.adapter_base = key  # the base it was trained on (``AppContext.ref`` checks it for adapters)
     session.use_finetuned = True
 
 
-def train_session(ctx: AppContext, session: Session, key: str, base: gpt2.GPT2, progress: Progress,
-                  data: PreparedData, prompt_ids: list[int], started: float) -> Iterator[Progress]:
-    """Fine-tune ``base`` (the catalogue model ``key``) for ``session``, yielding ``progress`` after steps
-    (throttled) and at the end; what was learned is kept even when stopped, timed out or closed early.
-    ``started`` (``time.perf_counter()``) is when the request began: data preparation counts against
-    the server's time limit too."""
+Result = tuple[LoRAAdapter | None, gpt2.GPT2 | None]  # what a run made: an adapter, or a full copy
+
+
+@dataclass(frozen=True)
+class Run:
+    """A fine-tuning run's inputs, as plain values (they travel to a ZeroGPU worker)."""
+
+    data: PreparedData
+    prompt_ids: list[int]
+    stop: StopFlag
+    max_time: float  # seconds left of the server's limit when training starts
+    workdir: Path  # the session's private folder, for the download
+    to_cpu: bool  # hand the result back on the CPU (it leaves a ZeroGPU worker)
+
+
+def train_job(base: gpt2.GPT2, progress: Progress, run: Run) -> Iterator[tuple[Progress, Result | None]]:
+    """Fine-tune the shared ``base`` (a ``ui.gpu`` job), yielding ``(progress, None)`` after steps
+    (throttled), then, if anything was learned, a before/after sample, the zipped model and finally
+    ``(progress, result)``. Stopped, timed out or NaN runs keep what was learned until then; the shared
+    base is never changed (LoRA trains an adapter, full fine-tuning a deep copy)."""
     s = progress.settings
-    params = sample_params(ctx.caps, s.seed)
-    progress.before = sample_text(base, None, prompt_ids, params)
+    params = sample_params(progress.caps, s.seed)
+    progress.before = sample_text(base, run.prompt_ids, params)
     adapter, model = None, None
     if s.mode == "LoRA":
         adapter = LoRAAdapter(base, LoRAConfig(rank=s.rank), seed=s.seed)  # seeded: torch's global RNG untouched
@@ -330,32 +344,34 @@ def train_session(ctx: AppContext, session: Session, key: str, base: gpt2.GPT2, 
     else:
         model = copy.deepcopy(base).requires_grad_(True)  # the shared base is frozen and stays so
         trainable = model.num_params()
-    progress.about = f"{trainable:,} trainable parameters · {data.describe()}"
+    progress.about = f"{trainable:,} trainable parameters · {run.data.describe()}"
     cfg = TrainConfig(steps=s.steps, lr=s.lr, batch_size=s.batch_size, warmup_steps=min(WARMUP_STEPS, s.steps // 10),
-                      eval_interval=max(1, s.steps // 10), eval_batches=EVAL_BATCHES,
-                      max_time=max(1.0, ctx.caps.max_train_seconds - (time.perf_counter() - started)))
+                      eval_interval=max(1, s.steps // 10), eval_batches=EVAL_BATCHES, max_time=run.max_time)
     progress.phase = "training"
-    yield progress
-    records = training.train(model if model is not None else base, data, cfg, adapter=adapter,
-                             stop_event=session.train_stop)
+    yield progress, None
     last_shown = -math.inf  # the first step shows at once
-    try:
+    with contextlib.closing(training.train(model if model is not None else base, run.data, cfg, adapter=adapter,
+                                           stop_event=run.stop)) as records:
         for rec in records:
             progress.add(rec)
             if rec.stop_reason or rec.val_loss is not None or time.perf_counter() - last_shown >= STREAM_INTERVAL_S:
                 last_shown = time.perf_counter()
-                yield progress
-    finally:  # also when the page goes away mid-run: keep what was learned
-        records.close()
-        if progress.learned:
-            keep_result(session, key, adapter, model)
-    if progress.learned:
-        progress.phase = "finishing"
-        yield progress
-        progress.after = sample_text(base if adapter is not None else model, adapter, prompt_ids, params)
-        progress.zip_path = export_zip(session.workdir, merge_lora(base, adapter) if adapter is not None else model)
+                yield progress, None
+    if not progress.learned:
+        progress.phase = "done"
+        yield progress, None
+        return
+    progress.phase = "finishing"
+    yield progress, None
+    if model is not None:
+        model.requires_grad_(False)  # inference only from now on: no autograd graphs while generating
+    with use_adapter(adapter):
+        progress.after = sample_text(base if model is None else model, run.prompt_ids, params)
+    progress.zip_path = export_zip(run.workdir, merge_lora(base, adapter) if adapter is not None else model)
     progress.phase = "done"
-    yield progress
+    if run.to_cpu:
+        adapter, model = (m.cpu() if m is not None else None for m in (adapter, model))
+    yield progress, (adapter, model)
 
 
 # ---------------------------------------------------------------- handlers and layout
@@ -381,7 +397,7 @@ def make_handlers(ctx: AppContext) -> Handlers:
         session = ctx.session(session)
         session.train_stop.clear()
         key = session.model_key  # the result belongs to this model even if the session switches meanwhile
-        base, _ = ctx.model(session, finetuned=False)
+        base = ctx.base(key)  # read here for its size and context; the training runs in a ``ui.gpu`` job
         settings = parse_settings(caps, base.config.block_size, mode, steps, learning_rate, batch_size, block_size,
                                   lora_rank, seed)
         if settings.mode == "full" and base.num_params() > FULL_MAX_PARAMS:
@@ -399,8 +415,14 @@ def make_handlers(ctx: AppContext) -> Handlers:
         ids, notice = prepare_prompt(prompt, caps, base.config.block_size)
         if notice:
             progress.notices.append(notice)
-        with contextlib.closing(train_session(ctx, session, key, base, progress, data, ids, started)) as run:
-            for p in run:  # closing: if the page goes away, the run keeps what it learned at once
+        run = Run(data, ids, session.train_stop, max(1.0, caps.max_train_seconds - (time.perf_counter() - started)),
+                  session.workdir, ctx.gpu.remote)
+        # closing: if the page goes away, the job ends at once (its result with it: nobody is left to use it)
+        with contextlib.closing(ctx.gpu.iterate(train_job, ModelRef(key), progress, run,
+                                                seconds=run.max_time + FINISH_SECONDS)) as steps:
+            for p, result in steps:
+                if result is not None:
+                    keep_result(session, key, *result)
                 download = gr.update(value=str(p.zip_path), visible=True) if p.zip_path else keep
                 yield p.figure(), p.markdown(), p.before, p.after, download, session
 

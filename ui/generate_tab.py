@@ -12,7 +12,6 @@ import gradio as gr
 import numpy as np
 
 import gpt2
-from training.lora import with_adapter
 
 from .context import AppContext, Caps
 from .session import GenerationRecord, Session
@@ -96,26 +95,34 @@ class Progress:
         return f"**{n} tokens**{rate}{done}{notes}"
 
 
+def generate_job(model: gpt2.GPT2, ids: list[int], params: gpt2.SamplingParams) -> Iterator[gpt2.Step]:
+    """The model work of a generation (a ``ui.gpu`` job): steps with the details the other tabs show,
+    their logits in half precision (half the memory, plenty for plots)."""
+    for step in gpt2.generate(model, ids, params, top_candidates=TOP_CANDIDATES, keep_logits=True):
+        step.details.logits = step.details.logits.astype(np.float16)
+        yield step
+
+
 def stream(ctx: AppContext, session: Session, prompt: str, params: gpt2.SamplingParams) -> Iterator[Progress]:
     """Generate for a session, yielding progress after each token; the record is kept at the end."""
-    model, adapter = ctx.model(session)
-    ids, notice = prepare_prompt(prompt, ctx.caps, model.config.block_size)
+    ref = ctx.ref(session)
+    ids, notice = prepare_prompt(prompt, ctx.caps, ctx.config(ref).block_size)
     record = GenerationRecord(ids, params, session.model_key, session.use_finetuned and session.has_finetuned())
     progress = Progress(record, [notice] if notice else [])
-    steps = with_adapter(gpt2.generate(model, ids, params, top_candidates=TOP_CANDIDATES, keep_logits=True), adapter)
+    steps = ctx.gpu.iterate(generate_job, ref, ids, params)
     start = time.perf_counter()
     try:
         for step in steps:
             record.token_ids.append(step.token_id)
             record.text += step.text
-            step.details.logits = step.details.logits.astype(np.float16)  # half the memory, plenty for plots
             record.steps.append(step.details)
             record.seconds = time.perf_counter() - start
             if step.notice:
                 progress.notices.append(step.notice)
             progress.finish_reason = step.finish_reason
             yield progress
-    finally:  # also when the browser goes away mid-stream: keep what was made
+    finally:  # also when the browser goes away mid-stream: keep what was made, end the job
+        steps.close()
         if record.token_ids:
             session.add_record(record)
 

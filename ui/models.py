@@ -8,7 +8,9 @@ passed with ``--model``), so no user value ever reaches the filesystem.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,13 @@ class ModelStore:
         self.capacity = capacity
         self.device, self.dtype = device, dtype
         self._models: OrderedDict[str, gpt2.GPT2] = OrderedDict()
+        self._new_locks()
+        # ZeroGPU forks GPU workers from this process: a lock that another thread held at that moment
+        # would stay held in the worker forever, so a worker starts with fresh ones.
+        this = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (store := this()) is not None and store._new_locks())
+
+    def _new_locks(self) -> None:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 

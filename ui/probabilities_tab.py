@@ -13,11 +13,11 @@ import torch
 
 import gpt2
 from gpt2.inspection import LogitLens, TokenScores, logit_lens, score
-from training.lora import use_adapter
 
 from .context import AppContext
 from .figures import GLTR_COLORS, candidates_bar, gltr_highlights, logit_lens_heatmap, surprisal_chart
 from .generate_tab import SamplerWidgets, parse_params, prepare_prompt, sampler_widgets
+from .gpu import ModelRef
 from .session import GenerationRecord, Session
 
 TOP_K = 12  # candidates shown per step (the chosen token is added when it is not among them)
@@ -136,13 +136,16 @@ def step_stages(record: GenerationRecord, step: int, params: gpt2.SamplingParams
     return _candidates(record, step, _stage_probs(record, step, params, logits), k)
 
 
+def step_window(record: GenerationRecord, step: int, block_size: int) -> list[int]:
+    """What the model saw when it chose token ``step``: the step's window (generations past the context
+    slid it), cropped to the context."""
+    return step_history(record, step)[record.steps[step].window_start :][-block_size:]
+
+
 @torch.no_grad()
-def recompute_logits(model: gpt2.GPT2, record: GenerationRecord, step: int, adapter=None) -> np.ndarray:
-    """Raw logits of token ``step`` from one forward pass over what the model saw then: the step's
-    window (generations past the context slid it), cropped to the context. ``adapter`` as in training.lora."""
-    window = step_history(record, step)[record.steps[step].window_start :][-model.config.block_size :]
-    with use_adapter(adapter):
-        logits = model(torch.tensor([window], device=model.device), last_only=True)[0, -1]
+def next_logits(model: gpt2.GPT2, ids: list[int]) -> np.ndarray:
+    """Raw next-token logits after ``ids``, from one forward pass (a ``ui.gpu`` job)."""
+    logits = model(torch.tensor([ids], device=model.device), last_only=True)[0, -1]
     return logits.float().cpu().numpy()
 
 
@@ -156,20 +159,17 @@ class KeptLogits:
     logits: np.ndarray
 
 
-def _record_model(ctx: AppContext, session: Session, record: GenerationRecord) -> tuple[gpt2.GPT2, object | None]:
-    """The model (and adapter) that made ``record``, which may no longer be the session's current one."""
+def _record_model(ctx: AppContext, session: Session, record: GenerationRecord) -> ModelRef:
+    """The model that made ``record``, which may no longer be the session's current one."""
     if record.model_key == session.model_key:
         if record.finetuned and not session.has_finetuned():
             raise gr.Error(f"Generation #{record.id} used a fine-tuned model this session no longer has, and its "
                            "logits were not kept: pick a newer generation or generate again.")
-        return ctx.model(session, finetuned=record.finetuned)
+        return ctx.ref(session, finetuned=record.finetuned)
     if record.finetuned:
         raise gr.Error(f"Generation #{record.id} used a fine-tuned {record.model_key}, but {session.model_key} is "
                        f"selected now: switch the model back to {record.model_key} or generate again.")
-    try:
-        return ctx.store.get(record.model_key), None
-    except (KeyError, gpt2.CheckpointError) as e:
-        raise gr.Error(str(e)) from None
+    return ModelRef(record.model_key)
 
 
 def step_logits(ctx: AppContext, session: Session, record: GenerationRecord, step: int,
@@ -181,8 +181,8 @@ def step_logits(ctx: AppContext, session: Session, record: GenerationRecord, ste
         return own, kept, None
     if kept is not None and (kept.record_id, kept.step) == (record.id, step):
         return kept.logits, kept, None
-    model, adapter = _record_model(ctx, session, record)
-    logits = recompute_logits(model, record, step, adapter)
+    ref = _record_model(ctx, session, record)
+    logits = ctx.gpu.call(next_logits, ref, step_window(record, step, ctx.config(ref).block_size))
     note = ("Only the latest generations keep their logits, so the model was run again on this step's context "
             "(probabilities may differ from the generation's in the last digits).")
     return logits, KeptLogits(record.id, step, logits), note
@@ -273,12 +273,11 @@ class TextReport:
         return len(self.lens.labels) < len(self.scores.token_ids)
 
 
-def analyse_text(model: gpt2.GPT2, ids: list[int], adapter=None) -> TextReport:
-    """Score every token and run the logit lens on the last ``LENS_TOKENS`` (``adapter``: training.lora)."""
+def analyse_text(model: gpt2.GPT2, ids: list[int]) -> TextReport:
+    """Score every token and run the logit lens on the last ``LENS_TOKENS`` (a ``ui.gpu`` job)."""
     tok = gpt2.get_tokenizer()
-    with use_adapter(adapter):
-        scores = score(model, ids)
-        lens = logit_lens(model, ids[-LENS_TOKENS:])
+    scores = score(model, ids)
+    lens = logit_lens(model, ids[-LENS_TOKENS:])
     pieces = [tok.decode_single_token_bytes(t).decode("utf-8", "replace") for t in ids]
     return TextReport(scores, pieces, lens)
 
@@ -302,12 +301,12 @@ def text_probabilities(ctx: AppContext, session: Session,
     """The "Any text" view: GLTR highlights, summary markdown, surprisal chart, logit lens heatmap."""
     if not text:
         raise gr.Error(NO_TEXT)
-    model, adapter = ctx.model(session)
-    ids, notice = prepare_prompt(text, ctx.caps, model.config.block_size)
+    ref = ctx.ref(session)
+    ids, notice = prepare_prompt(text, ctx.caps, ctx.config(ref).block_size)
     if not ids:
         raise gr.Error(NO_TEXT)
-    report = analyse_text(model, ids, adapter)
-    finetuned = adapter is not None or model is session.finetuned_model
+    report = ctx.gpu.call(analyse_text, ref, ids)
+    finetuned = ref.adapter is not None or ref.model is not None
     name = session.model_key + (", fine-tuned" if finetuned else "")
     s, lens = report.scores, report.lens
     return (

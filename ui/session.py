@@ -14,6 +14,8 @@ import numpy as np
 
 import gpt2
 
+from .gpu import StopFlag
+
 MAX_RECORDS = 8  # generations a session keeps for the other tabs
 LOGIT_RECORDS = 2  # of those, how many keep per-step logits (vocab floats per step: the big part)
 _ids = itertools.count(1)
@@ -55,7 +57,6 @@ class Session:
     use_finetuned: bool = False
     records: deque[GenerationRecord] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     stop: threading.Event = field(default_factory=threading.Event)  # Generate's Stop
-    train_stop: threading.Event = field(default_factory=threading.Event)  # Fine-tune's Stop
     _workdir: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -64,6 +65,11 @@ class Session:
         if self._workdir is None:
             self._workdir = tempfile.TemporaryDirectory(prefix="gpt2-playground-")
         return Path(self._workdir.name)
+
+    @property
+    def train_stop(self) -> StopFlag:
+        """Fine-tune's Stop: a file flag, so that training in a ZeroGPU worker process sees it too."""
+        return StopFlag(self.workdir / "stop-training")
 
     def add_record(self, record: GenerationRecord) -> None:
         self.records.append(record)
@@ -84,8 +90,7 @@ class Session:
 
     def close(self) -> None:
         """Called when the session expires: stop its work and drop its big objects now."""
-        self.stop.set()
-        self.train_stop.set()
+        self.stop.set()  # training sees its stop flag vanish with the folder
         self.records.clear()
         self.adapter = self.finetuned_model = None
         if self._workdir is not None:
