@@ -6,7 +6,7 @@ import gradio as gr
 
 import gpt2
 
-from . import attention_tab, finetune_tab, generate_tab, probabilities_tab
+from . import attention_tab, finetune_tab, generate_tab, probabilities_tab, widgets
 from .context import AppContext
 from .session import Session
 
@@ -33,7 +33,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         state = gr.State(None, time_to_live=ctx.caps.session_ttl_s, delete_callback=_close)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=True):
-            picker = gr.Dropdown([(e.label, e.key) for e in ctx.store.entries.values()], value=ctx.default_key,
+            picker = widgets.Dropdown([(e.label, e.key) for e in ctx.store.entries.values()], value=ctx.default_key,
                                  label="Model", scale=2)
             use_finetuned = gr.Checkbox(False, label="use my fine-tuned model",
                                         info="after fine-tuning; off = the base model", scale=1)

@@ -32,7 +32,7 @@ from training import DataError, LoRAAdapter, LoRAConfig, PreparedData, StepRecor
 from training.data import RecordSplit
 from training.lora import merge_lora, use_adapter
 
-from . import figures
+from . import figures, widgets
 from .context import AppContext, Caps
 from .generate_tab import prepare_prompt
 from .gpu import ModelRef, StopFlag
@@ -484,15 +484,15 @@ def build(ctx: AppContext, state: gr.State, use_finetuned: gr.Checkbox | None = 
                 stop = gr.Button("Stop")
             progress = gr.Markdown("Paste text or upload a file, then press **Start fine-tuning**.")
         with gr.Column(scale=2):
-            mode = gr.Radio(list(MODES), value="LoRA", label="Method",
+            mode = widgets.Radio(list(MODES), value="LoRA", label="Method",
                             info="LoRA: a small adapter on the shared model (light); full: every weight of a copy")
-            steps = gr.Slider(1, caps.max_train_steps, value=min(DEFAULT_STEPS, caps.max_train_steps), step=1,
+            steps = widgets.Slider(1, caps.max_train_steps, value=min(DEFAULT_STEPS, caps.max_train_steps), step=1,
                               label="steps", info=f"training also stops after {caps.max_train_seconds} s")
             lr = gr.Number(DEFAULT_LR["LoRA"], label="learning rate", info="above 0, at most 1")
-            batch = gr.Slider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label="batch size")
-            block = gr.Slider(MIN_BLOCK, _widest_context(ctx), value=min(DEFAULT_BLOCK, context), step=1,
+            batch = widgets.Slider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label="batch size")
+            block = widgets.Slider(MIN_BLOCK, _widest_context(ctx), value=min(DEFAULT_BLOCK, context), step=1,
                               label="block size (tokens)", info=f"at most the model's context ({context} here)")
-            rank = gr.Slider(1, MAX_RANK, value=DEFAULT_RANK, step=1, label="LoRA rank")
+            rank = widgets.Slider(1, MAX_RANK, value=DEFAULT_RANK, step=1, label="LoRA rank")
     plot = gr.Plot(label="loss")
     with gr.Row():
         sample_prompt = gr.Textbox(label="Sample prompt", placeholder="blank = the start of your data", scale=3)

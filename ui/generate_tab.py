@@ -13,6 +13,7 @@ import numpy as np
 
 import gpt2
 
+from . import widgets
 from .context import AppContext, Caps
 from .session import GenerationRecord, Session
 
@@ -154,10 +155,10 @@ class SamplerWidgets:
 def sampler_widgets(temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0,
                     penalty: float = 1.0) -> SamplerWidgets:
     return SamplerWidgets(
-        gr.Slider(0, 2, value=temperature, step=0.05, label="temperature", info="0 = greedy"),
-        gr.Slider(0, 200, value=top_k, step=1, label="top-k", info="0 = off"),
-        gr.Slider(0, 1, value=top_p, step=0.01, label="top-p", info="1 = off"),
-        gr.Slider(0.5, 2, value=penalty, step=0.05, label="repetition penalty", info="1 = off"),
+        widgets.Slider(0, 2, value=temperature, step=0.05, label="temperature", info="0 = greedy"),
+        widgets.Slider(0, 200, value=top_k, step=1, label="top-k", info="0 = off"),
+        widgets.Slider(0, 1, value=top_p, step=0.01, label="top-p", info="1 = off"),
+        widgets.Slider(0.5, 2, value=penalty, step=0.05, label="repetition penalty", info="1 = off"),
     )
 
 
@@ -188,7 +189,7 @@ def build(ctx: AppContext, state: gr.State) -> GenerateTab:
                 inspect_probabilities = gr.Button("Inspect probabilities ›", size="sm")
         with gr.Column(scale=2):
             a = sampler_widgets()
-            max_new = gr.Slider(1, caps.max_new_tokens, value=min(80, caps.max_new_tokens), step=1,
+            max_new = widgets.Slider(1, caps.max_new_tokens, value=min(80, caps.max_new_tokens), step=1,
                                 label="max new tokens")
             seed = gr.Number(value=0, precision=0, label="seed", info="blank or -1 = random")
             stop = gr.Textbox("", label="stop sequences", lines=2, placeholder="one per line, e.g. \\n\\n")

@@ -14,6 +14,7 @@ import torch
 import gpt2
 from gpt2.inspection import LogitLens, TokenScores, logit_lens, score
 
+from . import widgets
 from .context import AppContext
 from .figures import GLTR_COLORS, candidates_bar, gltr_highlights, logit_lens_heatmap, surprisal_chart
 from .generate_tab import SamplerWidgets, parse_params, prepare_prompt, sampler_widgets
@@ -343,9 +344,9 @@ def build(ctx: AppContext, state: gr.State) -> ProbabilitiesTab:
         with gr.Column(scale=2):
             # allow_custom_value: the choices live in each browser session, so an API caller (whose
             # session never saw them) can still name a record id; show_step checks it.
-            picker = gr.Dropdown([], value=None, label="Generation", allow_custom_value=True,
+            picker = widgets.Dropdown([], value=None, label="Generation", allow_custom_value=True,
                                  info="empty = the latest")
-            step = gr.Slider(0, max(1, ctx.caps.max_new_tokens - 1), value=0, step=1, precision=0,
+            step = widgets.Slider(0, max(1, ctx.caps.max_new_tokens - 1), value=0, step=1, precision=0,
                              label="step", info="0 = the first generated token")
             sampler = sampler_widgets()
             with gr.Row():
