@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 
+from ui import memory
 from ui.blocks import build_demo
 from ui.context import AppContext
 from ui.models import BUNDLED, ModelStore, catalog
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=default_model(), help="hub id or checkpoint directory")
     args = parser.parse_args(argv)
+    memory.tune_allocator()  # before Gradio's threads: expired sessions' memory goes back to the system
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         ctx = make_context(args.model)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - one clear line instead of a traceback at startup
         sys.exit(f"error: cannot start with model {args.model!r}: {e}")
     demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
-    demo.launch(max_file_size=ctx.caps.max_upload_bytes)
+    demo.launch(max_file_size=ctx.caps.max_upload_bytes, state_session_capacity=ctx.caps.max_sessions)
 
 
 if __name__ == "__main__":

@@ -85,13 +85,34 @@ def _stepwise(fn):
 
 @_stepwise
 def _start(model: GPT2, ids: list[int], max_new_tokens: int) -> tuple[torch.Tensor, KVCache]:
-    """Room for every id of the run (prompt + new tokens) and an empty cache for the window."""
-    all_ids = torch.empty(len(ids) + max_new_tokens, dtype=torch.long, device=model.device)
+    """Room for the prompt and the first new tokens (``_room`` grows it), and an empty cache for the window."""
+    # Not prompt + max_new_tokens at once: a caller may ask for an absurd number of tokens (and stop the
+    # generator early); allocating them all up front would fail or take gigabytes before the first token.
+    all_ids = torch.empty(len(ids) + min(max_new_tokens, model.config.block_size), dtype=torch.long,
+                          device=model.device)
     all_ids[: len(ids)] = torch.tensor(ids, device=model.device)
     # The cache holds only the positions this run can fill (the window slides at the context): a
     # full-context cache is 75 MB for GPT-2 124M in fp32, and zeroing it adds tens of ms before the
     # first token of a short run.
     return all_ids, model.new_cache(1, min(model.config.block_size, len(ids) + max_new_tokens))
+
+
+@_stepwise
+def _room(all_ids: torch.Tensor, n: int) -> torch.Tensor:
+    """``all_ids`` with room for at least one more id after the first ``n`` (doubled when full)."""
+    if n < all_ids.numel():
+        return all_ids
+    grown = torch.empty(2 * all_ids.numel(), dtype=all_ids.dtype, device=all_ids.device)
+    grown[:n] = all_ids[:n]
+    return grown
+
+
+def _check_ids(ids: list[int], vocab_size: int) -> None:
+    """Refuse ids the embedding cannot look up, naming them (instead of an IndexError deep in the model)."""
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"prompt_ids must be token ids from 0 to {vocab_size - 1} (this model's vocabulary); "
+                         f"got {', '.join(map(str, bad[:3]))}{' …' if len(bad) > 3 else ''}")
 
 
 @_stepwise
@@ -137,11 +158,13 @@ def generate(
 
     ``top_candidates``/``attention``/``keep_logits`` ask for per-step ``StepDetails``. A prompt longer
     than the context is cropped from the left; past the context the window slides (re-prefilling the
-    last three quarters), with a notice on the step where either happens.
+    last three quarters), with a notice on the step where either happens. Ids outside the model's
+    vocabulary are refused with a ``ValueError``.
     """
     tok = get_tokenizer()
     block = model.config.block_size
     ids = list(prompt_ids) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, like GPT-2's samples
+    _check_ids(ids, model.config.vocab_size)
     notice = None
     if len(ids) > block:
         notice = f"Prompt of {len(ids)} tokens cropped to its last {block} (the model's context)."
@@ -164,6 +187,7 @@ def generate(
         else:
             processed = process_logits(logits, all_ids[:n], params)
         token = int(sample(processed, params, gen))
+        all_ids = _room(all_ids, n)
         all_ids[n] = token
         n += 1
         details = (

@@ -39,7 +39,7 @@ class SamplingParams:
         if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
             object.__setattr__(self, "stop", (self.stop,))
         if not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+            raise ValueError(f"stop must be a list of non-empty strings; got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
 
     @property
@@ -71,12 +71,25 @@ def apply_repetition_penalty(logits: torch.Tensor, context_ids: torch.Tensor, pe
     return logits.scatter(-1, ids, score)
 
 
+# Logits of any real model stay far below this in magnitude; with a temperature under
+# _LOGIT_BOUND / (the dtype's largest float), logits / temperature could overflow to +inf.
+_LOGIT_BOUND = 1e6
+
+
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Divide by the temperature; temperature 0 keeps only the arg-max token (greedy)."""
+    """Divide by the temperature; temperature 0 keeps only the arg-max token (greedy). A temperature so
+    small that the division overflows (e.g. 1e-300) acts as 0, its limit, instead of making NaNs."""
     if temperature == 0:
         keep = logits.argmax(dim=-1, keepdim=True)
         return torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
-    return logits if temperature == 1.0 else logits / temperature
+    if temperature == 1.0:
+        return logits
+    scaled = logits / temperature
+    if temperature * torch.finfo(logits.dtype).max < _LOGIT_BOUND:  # only then can it overflow (no sync otherwise)
+        # +inf logits would give NaN probabilities (inf - inf in the softmax): rows that overflowed go greedy.
+        overflowed = torch.isposinf(scaled).any(dim=-1, keepdim=True)
+        scaled = torch.where(overflowed, apply_temperature(logits, 0), scaled)
+    return scaled
 
 
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -5,6 +5,8 @@ Only safetensors are read, so loading a file can never run code (no unpickling).
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import os
@@ -12,6 +14,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -73,6 +76,11 @@ def resolve_checkpoint_dir(name_or_dir: str | Path) -> Path:
     """A local directory as is, or a hub id downloaded into the normal Hugging Face cache."""
     path = Path(name_or_dir).expanduser()
     name = str(name_or_dir)
+    accepted = (f"Pass a directory holding {CONFIG_FILE} and {WEIGHTS_FILE}, a hub id like "
+                f"'openai-community/gpt2', or one of: {', '.join(HUB_MODELS)}.")
+    if not name.strip():  # Path("") is ".": an empty name would silently mean the current directory
+        raise CheckpointError(f"No model given (the name is empty). {accepted}")
+    restore_interrupted_save(path)
     # A directory wins, except a stray folder named like a hub model (this repo's own gpt2/ package).
     if path.is_dir() and ((path / CONFIG_FILE).exists() or name not in HUB_MODELS):
         return path
@@ -80,11 +88,7 @@ def resolve_checkpoint_dir(name_or_dir: str | Path) -> Path:
         return _download(HUB_MODELS[name])
     if _HUB_ID.fullmatch(name) and not name.startswith((".", "~")):
         return _download(name)
-    raise CheckpointError(
-        f"Unknown model {name!r}: no such directory, and not a hub id. Pass a directory holding "
-        f"{CONFIG_FILE} and {WEIGHTS_FILE}, a hub id like 'openai-community/gpt2', or one of: "
-        f"{', '.join(HUB_MODELS)}."
-    )
+    raise CheckpointError(f"Unknown model {name!r}: no such directory, and not a hub id. {accepted}")
 
 
 def _download(repo_id: str) -> Path:
@@ -190,11 +194,19 @@ def save_checkpoint(
     ``out_dir``: a crash mid-write never leaves a half-written checkpoint under that name.
 
     Other files already in ``out_dir`` (a model card, training logs) are carried over.
+
+    The temporary sibling is ``.NAME.tmp-*``; a process killed mid-save leaves it behind. Each save
+    first removes the stale ones of the same target (see ``_remove_stale_temps``): those whose writer
+    (host and PID, recorded in the directory while it is written) is a process of this machine that no
+    longer runs, and any untouched for ``STALE_TEMP_S`` (an hour), whoever wrote them.
     """
     out = Path(out_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    restore_interrupted_save(out)
+    _remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), dir=out.parent))
     try:
+        (tmp / _WRITER_FILE).write_text(json.dumps(_writer()))
         tensors = _to_hf_state(state, dtype)
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         hf = config.to_hf() | {"torch_dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
@@ -206,6 +218,7 @@ def save_checkpoint(
             for extra in out.iterdir():
                 if extra.name not in (CONFIG_FILE, WEIGHTS_FILE) and not (tmp / extra.name).exists():
                     (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, tmp / extra.name)
+        (tmp / _WRITER_FILE).unlink()  # bookkeeping of the save, not part of the checkpoint
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -213,13 +226,92 @@ def save_checkpoint(
     return out
 
 
+STALE_TEMP_S = 3600  # a save's temporary directory untouched this long is abandoned, whoever wrote it
+_WRITER_FILE = ".writer.json"  # inside a temporary directory while it is written: {"host", "pid"}
+
+
+def _temp_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def _writer() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (POSIX; elsewhere: assume it does)."""
+    if os.name != "posix":  # on Windows os.kill(pid, 0) would send CTRL_C_EVENT, not probe the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, as another user's process
+        return True
+    return True
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of a directory and its direct entries (a save writes into it)."""
+    times = [path.stat().st_mtime]
+    for entry in path.iterdir():
+        with contextlib.suppress(OSError):  # removed meanwhile
+            times.append(entry.stat().st_mtime)
+    return max(times)
+
+
+def _is_stale(tmp: Path, now: float) -> bool:
+    """A temporary directory another save left behind: untouched for ``STALE_TEMP_S``, or written by
+    a process of this machine that has exited. A directory on a shared disk written from another host
+    only goes by age: its PID means nothing here."""
+    try:
+        if now - _newest_mtime(tmp) > STALE_TEMP_S:
+            return True
+        writer = json.loads((tmp / _WRITER_FILE).read_text())
+        return writer["host"] == socket.gethostname() and not _pid_running(int(writer["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):  # no (or a half-written) record: only age counts
+        return False
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Remove ``out``'s stale temporary siblings (``.NAME.tmp-*``) left by killed saves."""
+    now = time.time()
+    for tmp in out.parent.glob(f"{glob.escape(_temp_prefix(out))}*"):
+        if tmp.is_dir() and not tmp.is_symlink() and _is_stale(tmp, now):
+            log.info("removing %s, left behind by an interrupted save", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _aside_prefix(out: Path) -> str:
+    return f".{out.name}.old-"
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``. An existing ``dst`` is renamed aside first and removed after, so at
-    every instant ``dst`` is either the old complete checkpoint or the new one."""
+    """Move ``src`` to ``dst``. An existing ``dst`` is renamed aside (``.NAME.old-PID``) first and removed
+    after. A process killed between those two renames leaves no ``dst``, only the complete old checkpoint
+    aside, which ``restore_interrupted_save`` puts back (saving and loading ``dst`` call it)."""
     if not dst.exists():
         os.replace(src, dst)
         return
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    old = dst.with_name(f"{_aside_prefix(dst)}{os.getpid()}")
     os.replace(dst, old)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_interrupted_save(out: str | Path) -> bool:
+    """If ``out`` is missing because a save was killed mid-swap, rename the checkpoint it had set aside
+    (the newest complete ``.NAME.old-*``) back to ``out``. Returns whether it did."""
+    out = Path(out)
+    if out.exists() or not out.parent.is_dir():
+        return False
+    asides = [p for p in out.parent.glob(f"{glob.escape(_aside_prefix(out))}*")
+              if (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()]
+    for old in sorted(asides, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            os.replace(old, out)
+        except OSError:  # another process got there first
+            continue
+        log.warning("restored %s, set aside by a save that did not finish", out)
+        return True
+    return False

@@ -1,8 +1,14 @@
-"""Shared fixtures: tiny random models (never a download) and their saved checkpoints."""
+"""Shared fixtures: tiny random models (never a download), their saved checkpoints, and the whole app
+launched on a local port (``served``) for the end-to-end tests."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -46,3 +52,62 @@ def hf_tiny(tiny_dir):
     transformers = pytest.importorskip("transformers")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     return transformers.GPT2LMHeadModel.from_pretrained(tiny_dir, attn_implementation="eager").eval()
+
+
+# ---------------------------------------------------------------- the launched app
+
+
+class Served(NamedTuple):
+    """A running app: its URL, the key of its model in the picker, that model's directory and the
+    server's ``AppContext`` (the tests run in the server's process, so they can look inside)."""
+
+    url: str
+    key: str
+    model_dir: Path
+    ctx: object  # ui.context.AppContext (ui is imported lazily: most tests never need gradio)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launched_app(model: str | Path) -> Iterator[Served]:
+    """The app as ``app.main`` builds and launches it (queue, upload cap), with ``model`` offered as
+    with ``--model``, on a free local port; closed on exit."""
+    import app
+    from ui.blocks import build_demo
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on shared cores, OpenMP's spinning threads make a tiny model several times slower
+    try:
+        ctx = app.make_context(str(model))
+        demo = build_demo(ctx)
+        demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)  # as app.main
+        port = free_port()
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                    max_file_size=ctx.caps.max_upload_bytes)
+        try:
+            yield Served(f"http://127.0.0.1:{port}/", ctx.default_key, Path(model), ctx)
+        finally:
+            demo.close()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def launch_app():
+    """``launched_app`` itself, for a module that needs the app with another model."""
+    return launched_app
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Served]:
+    """The app on a free local port with a tiny random model (one per test module)."""
+    model_dir = tmp_path_factory.mktemp("served") / "tiny"
+    torch.manual_seed(0)
+    gpt2.GPT2(gpt2.GPTConfig.preset("tiny")).save_pretrained(model_dir)
+    with launched_app(model_dir) as s:
+        yield s

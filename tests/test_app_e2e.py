@@ -1,21 +1,18 @@
 """End to end: the whole app (``app.make_context`` + ``build_demo``) launched on a local port and driven with
 ``gradio_client`` the way an API user would: every tab's endpoint, streaming, seeds, errors, per-client
-sessions, and two clients fine-tuning at once. A tiny random model keeps it to seconds on a shared CPU."""
+sessions, and two clients fine-tuning at once. A tiny random model keeps it to seconds on a shared CPU.
+The app is launched by the shared ``served`` fixture (conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
-import app
 import gpt2
-from ui.blocks import build_demo
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -34,35 +31,9 @@ ENDPOINTS = {"/generate", "/compare", "/attention", "/step_probabilities", "/tex
              "/load_model"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The app on a free local port with a tiny random model: (url, model key, checkpoint directory)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on shared cores, OpenMP's spinning threads make a tiny model several times slower
-    model_dir = tmp_path_factory.mktemp("e2e") / "tiny"
-    torch.manual_seed(0)
-    gpt2.GPT2(gpt2.GPTConfig.preset("tiny")).save_pretrained(model_dir)
-    ctx = app.make_context(str(model_dir))
-    demo = build_demo(ctx)
-    demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)  # as app.main
-    port = _free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", ctx.default_key, model_dir
-    finally:
-        demo.close()
-        torch.set_num_threads(threads)
-
-
 def client(served) -> gradio_client.Client:
     """A new API client: its own session (gradio_client keeps one session hash per Client)."""
-    return gradio_client.Client(served[0], verbose=False)
+    return gradio_client.Client(served.url, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +76,7 @@ def test_seeds_reproduce_and_differ(c, served):
 
 
 def test_greedy_matches_the_library(c, served):
-    model = gpt2.GPT2.from_pretrained(served[2])
+    model = gpt2.GPT2.from_pretrained(served.model_dir)
     params = gpt2.SamplingParams(temperature=0, max_new_tokens=GREEDY[0])
     assert generate(c, args=GREEDY) == gpt2.generate_text(model, PROMPT, params)
 
@@ -141,7 +112,7 @@ def test_step_probabilities_read_this_clients_own_generation(served):
         fresh.predict(None, 0, 1.0, 0, 1.0, 1.0, api_name="/step_probabilities")
     generate(fresh, args=GREEDY)
     fig, info = fresh.predict(None, 2, 0.5, 5, 0.9, 1.0, api_name="/step_probabilities")
-    model = gpt2.GPT2.from_pretrained(served[2])
+    model = gpt2.GPT2.from_pretrained(served.model_dir)
     steps = list(gpt2.generate(model, gpt2.encode(PROMPT), gpt2.SamplingParams(temperature=0, max_new_tokens=24)))
     assert plot_json(fig)["data"] and f"**Step 2** of {len(steps)}" in info
     assert f"chose **`{gpt2.token_display([steps[2].token_id])[0]}`**" in info  # the greedy run's third token
@@ -149,9 +120,9 @@ def test_step_probabilities_read_this_clients_own_generation(served):
 
 def test_unknown_model_is_refused_and_the_current_one_keeps_working(c, served):
     before = generate(c)
-    with pytest.raises(gradio_client.exceptions.AppError, match="not in the list of choices|not one of the offered"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="not one of the offered|not one of the choices"):
         c.predict("/etc/passwd", api_name="/load_model")
-    info = c.predict(served[1], api_name="/load_model")[0]
+    info = c.predict(served.key, api_name="/load_model")[0]
     assert "parameters" in info and "2 layers" in info
     assert generate(c) == before
 

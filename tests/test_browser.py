@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
-import torch
 
-import app
 import gpt2
 from ui.attention_tab import EXAMPLE
-from ui.blocks import build_demo
 
 CHROMIUM = Path("/usr/bin/chromium")
 try:
@@ -50,33 +46,15 @@ TRAIN_TEXT = "\n".join(f"JULIET: O Romeo, Romeo! wherefore art thou Romeo, for t
 TRAIN_STEPS, TRAIN_BATCH, TRAIN_BLOCK = (5, 2, 16) if TINY else (30, 8, 32)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    """The app (as ``app.main`` builds it) on a free local port."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on shared cores, OpenMP's spinning threads slow small models down
-    model = MODEL
+def url(request, launch_app):
+    """The app (as ``app.main`` builds it) on a free local port: the shared ``served`` app for ``tiny``,
+    else one launched with ``BROWSER_TEST_MODEL``."""
     if TINY:
-        model_dir = tmp_path_factory.mktemp("browser") / "tiny"
-        torch.manual_seed(0)
-        gpt2.GPT2(gpt2.GPTConfig.preset("tiny")).save_pretrained(model_dir)
-        model = str(model_dir)
-    ctx = app.make_context(model)
-    demo = build_demo(ctx)
-    demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
-    port = _free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-        torch.set_num_threads(threads)
+        yield request.getfixturevalue("served").url
+        return
+    with launch_app(MODEL) as served:
+        yield served.url
 
 
 @pytest.fixture()

@@ -95,6 +95,48 @@ gpt2.GPT2(gpt2.GPTConfig.preset("tiny")).save_pretrained({str(target)!r})
     proc.wait()
     loaded = gpt2.GPT2.from_pretrained(target)
     assert torch.equal(loaded.transformer.wte.weight, gpt2.GPT2.from_pretrained(tiny_dir).transformer.wte.weight)
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".ckpt.tmp-")]
+    assert len(left) == 1  # the killed save's temporary directory
+    # The next save of the same checkpoint removes it: its writer is a process of this machine that is gone.
+    newer = gpt2.GPT2(gpt2.GPTConfig.preset("tiny"))
+    newer.save_pretrained(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert torch.equal(gpt2.GPT2.from_pretrained(target).transformer.wte.weight, newer.transformer.wte.weight)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]  # no bookkeeping
+
+
+def test_saving_removes_only_stale_temporary_directories(tiny_model, tmp_path):
+    """Stale: untouched for an hour, or written by a process of this machine that has exited. A live
+    writer's directory, a recent one without a record, one from another host and other targets' stay."""
+    import os
+    import socket
+
+    from gpt2.weights import STALE_TEMP_S
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # the PID of a process that has exited
+    host = socket.gethostname()
+    writers = {
+        "dead-writer": {"host": host, "pid": int(dead)},
+        "live-writer": {"host": host, "pid": os.getpid()},
+        "other-host": {"host": host + "-elsewhere", "pid": int(dead)},
+        "no-record": None,
+        "old": {"host": host, "pid": os.getpid()},
+    }
+    for name, writer in writers.items():
+        d = tmp_path / f".run.tmp-{name}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+        if writer is not None:
+            (d / ".writer.json").write_text(json.dumps(writer))
+    (tmp_path / ".other.tmp-dead-writer").mkdir()  # another checkpoint's: never touched
+    (tmp_path / ".other.tmp-dead-writer" / ".writer.json").write_text(json.dumps(writers["dead-writer"]))
+    old = time.time() - STALE_TEMP_S - 60
+    for p in [tmp_path / ".run.tmp-old", *(tmp_path / ".run.tmp-old").iterdir()]:
+        os.utime(p, (old, old))
+    tiny_model.save_pretrained(tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.tmp-dead-writer", ".run.tmp-live-writer", ".run.tmp-no-record", ".run.tmp-other-host", "run"]
 
 
 @pytest.mark.parametrize(

@@ -471,18 +471,18 @@ def build(ctx: AppContext, state: gr.State) -> AttentionTab:
     n_layer, n_head, n_positions = _widest(ctx, cfg)
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            source = widgets.Radio(list(SOURCES), value="text", label="Source")
+            source = widgets.radio(list(SOURCES), value="text", label="Source")
             text = gr.Textbox(EXAMPLE, label="Text", lines=4, placeholder="Type or paste a text…")
             repeat = gr.Button("use repeated random tokens", size="sm")
-            record_picker = widgets.Dropdown([], value=None, label="Generation", visible=False,
+            record_picker = widgets.dropdown([], value=None, label="Generation", visible=False,
                                         allow_custom_value=True,  # API clients send ids the page never listed
                                         info="kept generations of this session, newest first")
-            step = widgets.Slider(0, max(ctx.caps.max_new_tokens - 1, 1), value=0, step=1, label="step",
+            step = widgets.slider(0, max(ctx.caps.max_new_tokens - 1, 1), value=0, step=1, label="step",
                              visible=False, info="replay: the text up to this generated token")
-            view = widgets.Radio(list(VIEWS), value="one head", label="View")
-            layer = widgets.Slider(0, n_layer - 1, value=0, step=1, label="layer")
-            head = widgets.Slider(0, n_head - 1, value=0, step=1, label="head")
-            query = widgets.Slider(0, n_positions - 1, value=n_example - 1, step=1, label="query token",
+            view = widgets.radio(list(VIEWS), value="one head", label="View")
+            layer = widgets.slider(0, n_layer - 1, value=0, step=1, label="layer")
+            head = widgets.slider(0, n_head - 1, value=0, step=1, label="head")
+            query = widgets.slider(0, n_positions - 1, value=n_example - 1, step=1, label="query token",
                               info="the token whose attention is outlined or focused (past the end: the last)")
             show = gr.Button("Show attention", variant="primary")
         with gr.Column(scale=3):

@@ -6,7 +6,7 @@ import gradio as gr
 
 import gpt2
 
-from . import attention_tab, finetune_tab, generate_tab, probabilities_tab, widgets
+from . import attention_tab, finetune_tab, generate_tab, memory, probabilities_tab, widgets
 from .context import AppContext
 from .session import Session
 
@@ -24,6 +24,7 @@ def model_info(key: str, model: gpt2.GPT2) -> str:
 def _close(session: Session | None) -> None:
     if isinstance(session, Session):
         session.close()
+        memory.trim()
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
@@ -33,7 +34,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         state = gr.State(None, time_to_live=ctx.caps.session_ttl_s, delete_callback=_close)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=True):
-            picker = widgets.Dropdown([(e.label, e.key) for e in ctx.store.entries.values()], value=ctx.default_key,
+            picker = widgets.dropdown([(e.label, e.key) for e in ctx.store.entries.values()], value=ctx.default_key,
                                  label="Model", scale=2)
             use_finetuned = gr.Checkbox(False, label="use my fine-tuned model",
                                         info="after fine-tuning; off = the base model", scale=1)
@@ -61,10 +62,9 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             try:
                 model = ctx.store.get(key)
             except (KeyError, gpt2.CheckpointError) as e:
-                gr.Warning(str(e))
                 current = ctx.store.get(session.model_key)
                 yield model_info(session.model_key, current), session, gr.update(value=session.model_key)
-                return
+                raise gr.Error(f"{e} The current model, {session.model_key}, stays loaded.") from None
             session.model_key = key
             session.use_finetuned = session.use_finetuned and session.has_finetuned()
             yield model_info(key, model), session, gr.update()
@@ -73,4 +73,13 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
                                concurrency_limit=1, concurrency_id="load")
         loaded.then(lambda s: s.use_finetuned, [state], [use_finetuned], api_visibility="private")
         attention_tab.connect(ctx, attention, state, gen, tabs, attention_page, model_events=[loaded])
+
+        def page_closed(request: gr.Request) -> None:
+            """The page went away: stop its work and free its session now. (Gradio keeps a closed page's
+            state for an hour, in case it comes back; the fine-tuned model and records are the big part.)"""
+            session_state = demo.state_holder.session_data.get(request.session_hash)
+            if session_state is not None:
+                _close(session_state.state_data.get(state._id))
+
+        demo.unload(page_closed)
     return demo

@@ -31,6 +31,8 @@ class Caps:
     queue_size: int = field(default_factory=lambda: _env_int("GPT2_QUEUE_SIZE", 64))
     generate_concurrency: int = field(default_factory=lambda: _env_int("GPT2_GENERATE_CONCURRENCY", 4))
     session_ttl_s: int = field(default_factory=lambda: _env_int("GPT2_SESSION_TTL", 1800))
+    # Gradio keeps ~200 kB of bookkeeping per browser session until this many exist (its default: 10,000)
+    max_sessions: int = field(default_factory=lambda: _env_int("GPT2_MAX_SESSIONS", 2000))
 
 
 @dataclass

@@ -156,6 +156,9 @@ def stage_data(workdir: Path, caps: Caps, text: str | None, file, column: str | 
         raise gr.Error("No training data: paste some text, or upload a .txt, .csv or .jsonl file.")
     workdir.mkdir(parents=True, exist_ok=True)
     if upload is None:
+        if "\x00" in text:
+            raise gr.Error("The pasted text contains NUL characters (code 0), which text never has: paste plain "
+                           "text, or upload the file.")
         raw = text.encode("utf-8", errors="replace")  # lone surrogates from a browser become "?"
         if len(raw) > caps.max_upload_bytes:
             raise gr.Error(f"The pasted text is {_mb(len(raw))}; this server accepts at most "
@@ -484,19 +487,21 @@ def build(ctx: AppContext, state: gr.State, use_finetuned: gr.Checkbox | None = 
                 stop = gr.Button("Stop")
             progress = gr.Markdown("Paste text or upload a file, then press **Start fine-tuning**.")
         with gr.Column(scale=2):
-            mode = widgets.Radio(list(MODES), value="LoRA", label="Method",
+            mode = widgets.radio(list(MODES), value="LoRA", label="Method",
                             info="LoRA: a small adapter on the shared model (light); full: every weight of a copy")
-            steps = widgets.Slider(1, caps.max_train_steps, value=min(DEFAULT_STEPS, caps.max_train_steps), step=1,
+            steps = widgets.slider(1, caps.max_train_steps, value=min(DEFAULT_STEPS, caps.max_train_steps), step=1,
                               label="steps", info=f"training also stops after {caps.max_train_seconds} s")
             lr = gr.Number(DEFAULT_LR["LoRA"], label="learning rate", info="above 0, at most 1")
-            batch = widgets.Slider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label="batch size")
-            block = widgets.Slider(MIN_BLOCK, _widest_context(ctx), value=min(DEFAULT_BLOCK, context), step=1,
-                              label="block size (tokens)", info=f"at most the model's context ({context} here)")
-            rank = widgets.Slider(1, MAX_RANK, value=DEFAULT_RANK, step=1, label="LoRA rank")
+            batch = widgets.slider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label="batch size")
+            block = widgets.slider(MIN_BLOCK, _widest_context(ctx), value=min(DEFAULT_BLOCK, context), step=1,
+                              label="block size (tokens)", info=f"at most the model's context ({context} here)",
+                              checked_by_handler=True)
+            rank = widgets.slider(1, MAX_RANK, value=DEFAULT_RANK, step=1, label="LoRA rank")
     plot = gr.Plot(label="loss")
     with gr.Row():
         sample_prompt = gr.Textbox(label="Sample prompt", placeholder="blank = the start of your data", scale=3)
-        seed = gr.Number(0, precision=0, label="sample seed", info="blank or -1 = random", scale=1)
+        seed = widgets.number(0, label="sample seed", info="blank or -1 = random", scale=1,
+                              allowed="Give a whole number, or leave it blank (or -1) for a random seed.")
     with gr.Row():
         before = gr.Textbox(label="Before (base model)", lines=6, interactive=False)
         after = gr.Textbox(label="After (fine-tuned, same seed)", lines=6, interactive=False)

@@ -17,6 +17,7 @@ from . import widgets
 from .context import AppContext, Caps
 from .session import GenerationRecord, Session
 
+MAX_STOPS, MAX_STOP_CHARS = 16, 100  # each stop sequence is checked after every token
 TOP_CANDIDATES = 20  # candidates kept per step for the probability tab
 STREAM_INTERVAL_S = 0.05  # throttle UI updates: a small model outruns the browser
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -38,6 +39,9 @@ def parse_params(caps: Caps, max_new_tokens, temperature, top_k, top_p, repetiti
             raise ValueError(f"max_new_tokens must be at most {caps.max_new_tokens} here; got {max_new}")
         seed = None if seed in (None, "", -1) else _integer("seed", seed)
         stops = tuple(_unescape(s) for s in (stop or "").splitlines() if s)
+        if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop must be at most {MAX_STOPS} sequences (one per line) of at most {MAX_STOP_CHARS} "
+                             f"characters each; got {len(stops)}, the longest {max(map(len, stops))} characters")
         return gpt2.SamplingParams(
             temperature=_number("temperature", temperature), top_k=_integer("top_k", top_k),
             top_p=_number("top_p", top_p), repetition_penalty=_number("repetition_penalty", repetition_penalty),
@@ -155,10 +159,10 @@ class SamplerWidgets:
 def sampler_widgets(temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0,
                     penalty: float = 1.0) -> SamplerWidgets:
     return SamplerWidgets(
-        widgets.Slider(0, 2, value=temperature, step=0.05, label="temperature", info="0 = greedy"),
-        widgets.Slider(0, 200, value=top_k, step=1, label="top-k", info="0 = off"),
-        widgets.Slider(0, 1, value=top_p, step=0.01, label="top-p", info="1 = off"),
-        widgets.Slider(0.5, 2, value=penalty, step=0.05, label="repetition penalty", info="1 = off"),
+        widgets.slider(0, 2, value=temperature, step=0.05, label="temperature", info="0 = greedy"),
+        widgets.slider(0, 200, value=top_k, step=1, label="top-k", info="0 = off"),
+        widgets.slider(0, 1, value=top_p, step=0.01, label="top-p", info="1 = off"),
+        widgets.slider(0.5, 2, value=penalty, step=0.05, label="repetition penalty", info="1 = off"),
     )
 
 
@@ -189,9 +193,10 @@ def build(ctx: AppContext, state: gr.State) -> GenerateTab:
                 inspect_probabilities = gr.Button("Inspect probabilities ›", size="sm")
         with gr.Column(scale=2):
             a = sampler_widgets()
-            max_new = widgets.Slider(1, caps.max_new_tokens, value=min(80, caps.max_new_tokens), step=1,
+            max_new = widgets.slider(1, caps.max_new_tokens, value=min(80, caps.max_new_tokens), step=1,
                                 label="max new tokens")
-            seed = gr.Number(value=0, precision=0, label="seed", info="blank or -1 = random")
+            seed = widgets.number(value=0, label="seed", info="blank or -1 = random",
+                                  allowed="Give a whole number, or leave it blank (or -1) for a random seed.")
             stop = gr.Textbox("", label="stop sequences", lines=2, placeholder="one per line, e.g. \\n\\n")
     with gr.Accordion("Compare two settings (same prompt and seed)", open=False):
         with gr.Row():

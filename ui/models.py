@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gpt2
-from gpt2.weights import CONFIG_FILE, HUB_MODELS, WEIGHTS_FILE
+from gpt2.weights import CONFIG_FILE, HUB_MODELS, WEIGHTS_FILE, restore_interrupted_save
 from training.lora import install_lora
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,11 @@ def catalog(extra: str | None = None) -> dict[str, Entry]:
     """Bundled and local checkpoints, the operator's ``extra`` model, then the GPT-2 hub sizes."""
     entries: dict[str, Entry] = {}
     if CHECKPOINTS.is_dir():
+        for aside in CHECKPOINTS.glob(".*.old-*"):  # a save killed mid-swap set the checkpoint aside
+            restore_interrupted_save(CHECKPOINTS / aside.name[1:].rpartition(".old-")[0])
         for d in sorted(CHECKPOINTS.iterdir(), key=lambda p: (p.name != BUNDLED, p.name)):
+            if d.name.startswith("."):  # hidden: e.g. a save's temporary directory, never a model
+                continue
             if (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file():
                 tag = "bundled" if d.name == BUNDLED else "local"
                 entries[d.name] = Entry(d.name, f"{d.name} ({tag})", str(d))

@@ -344,9 +344,9 @@ def build(ctx: AppContext, state: gr.State) -> ProbabilitiesTab:
         with gr.Column(scale=2):
             # allow_custom_value: the choices live in each browser session, so an API caller (whose
             # session never saw them) can still name a record id; show_step checks it.
-            picker = widgets.Dropdown([], value=None, label="Generation", allow_custom_value=True,
+            picker = widgets.dropdown([], value=None, label="Generation", allow_custom_value=True,
                                  info="empty = the latest")
-            step = widgets.Slider(0, max(1, ctx.caps.max_new_tokens - 1), value=0, step=1, precision=0,
+            step = widgets.slider(0, max(1, ctx.caps.max_new_tokens - 1), value=0, step=1,
                              label="step", info="0 = the first generated token")
             sampler = sampler_widgets()
             with gr.Row():

@@ -2,47 +2,68 @@
 
 Gradio checks a value against a component's range or choices before a handler sees it, and its message
 ("Value 1.5 is greater than maximum value 1.") does not say which input was wrong: an API caller sends
-several at once. These subclasses add the component's label and the allowed values; the page draws them
-as the plain components (``is_template``).
+several at once. ``slider``/``radio``/``dropdown`` build the plain components and wrap that check of
+each instance to add the label and the allowed values. (A subclass would survive Gradio's per-session
+copies of updated components, but Gradio writes a ``.pyi`` stub beside any module that subclasses a
+component; the page's own widgets never send out-of-range values, API callers meet these instances.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 
-
-def _labelled(component: gr.components.Component, check: Callable[[], Any], message: Callable[[str], str]) -> Any:
-    try:
-        return check()
-    except gr.Error as e:
-        raise gr.Error(f"{component.label}: {message(e.message)}") from None
+C = TypeVar("C", bound=gr.components.Component)
 
 
-def _not_a_choice(component: gr.Radio | gr.Dropdown, payload: Any) -> Callable[[str], str]:
-    choices = ", ".join(repr(value) for _, value in component.choices)
-    return lambda _: f"{payload!r} is not one of the choices. Choose one of {choices}."
+def _labelled(component: C, explain: Callable[[Any, str], str]) -> C:
+    check = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return check(payload)
+        except gr.Error as e:
+            raise gr.Error(f"{component.label}: {explain(payload, e.message)}") from None
+        except (TypeError, ValueError, OverflowError):  # text where a number belongs, NaN to an int, ...
+            raise gr.Error(f"{component.label}: {explain(payload, f'{payload!r} is not a number.')}") from None
+
+    component.preprocess = preprocess
+    return component
 
 
-class Slider(gr.Slider):
-    is_template = True
+def _not_a_choice(component: gr.Radio | gr.Dropdown) -> Callable[[Any, str], str]:
+    def explain(payload: Any, _: str) -> str:
+        choices = ", ".join(repr(value) for _, value in component.choices)
+        return f"{payload!r} is not one of the choices. Choose one of {choices}."
 
-    def preprocess(self, payload: float) -> float:
-        allowed = f" Choose a value from {self.minimum:g} to {self.maximum:g}."
-        return _labelled(self, lambda: super(Slider, self).preprocess(payload), lambda message: message + allowed)
-
-
-class Radio(gr.Radio):
-    is_template = True
-
-    def preprocess(self, payload):
-        return _labelled(self, lambda: super(Radio, self).preprocess(payload), _not_a_choice(self, payload))
+    return explain
 
 
-class Dropdown(gr.Dropdown):
-    is_template = True
+def slider(*args, checked_by_handler: bool = False, **kwargs) -> gr.Slider:
+    """A ``gr.Slider`` whose range check names it and the range. ``checked_by_handler``: no check here,
+    the handler's is better (it knows the session's real limit, e.g. its model's context)."""
+    s = gr.Slider(*args, **kwargs)
+    if checked_by_handler:
+        s.preprocess = lambda payload: payload  # what gr.Slider passes on for an in-range value
+        return s
+    return _labelled(s, lambda _, message: f"{message} Choose from {s.minimum:g} to {s.maximum:g}.")
 
-    def preprocess(self, payload):
-        return _labelled(self, lambda: super(Dropdown, self).preprocess(payload), _not_a_choice(self, payload))
+
+def number(*args, allowed: str = "", **kwargs) -> gr.Number:
+    """A ``gr.Number`` whose check (text, a number too big) names it; ``allowed`` says what is."""
+    n = gr.Number(*args, **kwargs)
+    return _labelled(n, lambda _, message: f"{message} {allowed}".rstrip())
+
+
+def radio(*args, **kwargs) -> gr.Radio:
+    """A ``gr.Radio`` whose choice check names it and the choices."""
+    r = gr.Radio(*args, **kwargs)
+    return _labelled(r, _not_a_choice(r))
+
+
+def dropdown(*args, **kwargs) -> gr.Dropdown:
+    """A ``gr.Dropdown`` whose choice check names it and the choices."""
+    d = gr.Dropdown(*args, **kwargs)
+    return _labelled(d, _not_a_choice(d))
