@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+import gradio as gr
+
 from ui import memory
 from ui.blocks import build_demo
 from ui.context import AppContext
@@ -35,6 +37,13 @@ def make_context(model: str) -> AppContext:
     return AppContext(ModelStore(entries), default_key=key)
 
 
+def launch(demo: gr.Blocks, ctx: AppContext, **options) -> None:
+    """Queue and launch ``demo`` with the server's caps; ``options`` go to ``Blocks.launch`` (tests pass
+    a host, a port and ``prevent_thread_lock``)."""
+    demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
+    demo.launch(max_file_size=ctx.caps.max_upload_bytes, state_session_capacity=ctx.caps.max_sessions, **options)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=default_model(), help="hub id or checkpoint directory")
@@ -46,8 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         demo = build_demo(ctx)
     except Exception as e:  # noqa: BLE001 - one clear line instead of a traceback at startup
         sys.exit(f"error: cannot start with model {args.model!r}: {e}")
-    demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
-    demo.launch(max_file_size=ctx.caps.max_upload_bytes, state_session_capacity=ctx.caps.max_sessions)
+    launch(demo, ctx)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ from pathlib import Path
 import httpx
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from machine import cpu_model, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["ROMEO:\nBut soft, what light", "First Citizen:\nBefore we proceed any further, hear me speak.",
@@ -74,23 +75,6 @@ STOP = threading.Event()  # set on Ctrl-C: the users stop after their current re
 
 
 # ---------------------------------------------------------------- machine and server process
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
 
 
 def free_port() -> int:

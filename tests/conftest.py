@@ -54,6 +54,16 @@ def hf_tiny(tiny_dir):
     return transformers.GPT2LMHeadModel.from_pretrained(tiny_dir, attn_implementation="eager").eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on shared
+    cores, OpenMP's spinning threads make tiny models several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- the launched app
 
 
@@ -85,10 +95,8 @@ def launched_app(model: str | Path) -> Iterator[Served]:
     try:
         ctx = app.make_context(str(model))
         demo = build_demo(ctx)
-        demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)  # as app.main
         port = free_port()
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                    max_file_size=ctx.caps.max_upload_bytes)
+        app.launch(demo, ctx, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
         try:
             yield Served(f"http://127.0.0.1:{port}/", ctx.default_key, Path(model), ctx)
         finally:

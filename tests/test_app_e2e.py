@@ -16,10 +16,7 @@ import gpt2
 
 gradio_client = pytest.importorskip("gradio_client")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing"),  # pandas 3 vs gradio's queue code
-]
+pytestmark = pytest.mark.slow
 
 PROMPT = "The cat sat"
 # /generate inputs after the prompt: max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop

@@ -265,7 +265,6 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # pandas 3 vs gradio's queue code
 def test_attention_endpoint_with_gradio_client(tiny_dir):
     gradio_client = pytest.importorskip("gradio_client")
     from ui import generate_tab

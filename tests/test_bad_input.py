@@ -482,7 +482,6 @@ def _check(case: Case, answered: bool, result: Any) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # pandas 3 vs gradio's queue code
 @pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
 def test_api(api: Api, loads: list[str], case: Case):
     start = time.perf_counter()
@@ -503,7 +502,6 @@ def test_api(api: Api, loads: list[str], case: Case):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")
 def test_after_the_catalogue_a_new_session_gets_the_untouched_app(api: Api):
     """A new client gets the same model and the same greedy text as before any case ran."""
     import gradio_client

@@ -29,7 +29,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright)"),
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no browser at {CHROMIUM} (apt-get install chromium)"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing"),  # pandas 3 vs gradio's queue code
 ]
 
 MODEL = os.environ.get("BROWSER_TEST_MODEL", "tiny")

@@ -51,10 +51,7 @@ from ui.generate_tab import parse_params
 gradio_client = pytest.importorskip("gradio_client")
 AppError = gradio_client.exceptions.AppError
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing"),  # pandas 3 vs gradio's queue code
-]
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The cat sat"

@@ -36,13 +36,7 @@ def make_ctx(model_dir: str, **caps) -> AppContext:
     return AppContext(ModelStore(catalog(extra=model_dir)), default_key=model_dir, caps=caps)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on shared cores, OpenMP's spinning threads make tiny models 3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +320,6 @@ def test_build_wires_the_endpoint_queue_and_header_toggle(ctx):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")
 def test_finetune_endpoint_with_gradio_client(tiny_dir, tmp_path):
     gradio_client = pytest.importorskip("gradio_client")
     ctx = make_ctx(tiny_dir)

@@ -24,10 +24,7 @@ from safetensors.torch import load as load_safetensors
 
 gradio_client = pytest.importorskip("gradio_client")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing"),  # pandas 3 vs gradio's queue code
-]
+pytestmark = pytest.mark.slow
 
 PROMPT = "The cat sat"
 # /generate inputs after the prompt: max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop

@@ -92,12 +92,7 @@ class ForkingSpaces:
         return decorate(task) if task is not None else decorate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_ctx(model_dir: str) -> AppContext:
