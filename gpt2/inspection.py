@@ -78,7 +78,7 @@ def attention_maps(model: GPT2, token_ids: Sequence[int], layers: Iterable[int] 
     if bad:
         raise ValueError(f"layers must be in [0, {model.config.n_layer - 1}], got {bad}")
     trace = Trace(attn_layers=layers)
-    model(torch.tensor([ids], device=model.device), trace=trace, last_only=True)
+    model.residual(torch.tensor([ids], device=model.device), trace=trace, layers=layers[-1] + 1 if layers else 0)
     patterns = torch.stack([trace.attn[i][0] for i in layers]).cpu().numpy()
     return AttentionMaps(ids, token_display(ids), layers, patterns)
 

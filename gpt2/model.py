@@ -175,6 +175,17 @@ class GPT2(nn.Module):
 
         With ``cache``, ``idx`` continues the cached sequence and the cache advances by ``T``.
         """
+        x = self.residual(idx, cache, trace=trace)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.transformer.ln_f(x))
+
+    def residual(self, idx: torch.Tensor, cache: KVCache | None = None, *, trace: Trace | None = None,
+                 layers: int | None = None) -> torch.Tensor:
+        """The residual stream ``(B, T, C)`` after the first ``layers`` blocks (default: all of them).
+        Fewer layers stop the pass early, e.g. when only an early layer's attention is wanted."""
+        if cache is not None and layers is not None:
+            raise ValueError("a cached pass must run every layer: their caches advance together")
         B, T = idx.shape
         pos = cache.pos if cache is not None else 0
         limit = cache.max_len if cache is not None else self.config.block_size
@@ -186,16 +197,14 @@ class GPT2(nn.Module):
         x = tr.drop(tr.wte(idx) + tr.wpe.weight[pos : pos + T])  # (B, T, C)
         if trace is not None and trace.hidden:
             trace.hidden_states.append(x)
-        for i, block in enumerate(tr.h):
+        for i, block in enumerate(tr.h[:layers]):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             x = block(x, kv, pos, trace, i)
             if trace is not None and trace.hidden:
                 trace.hidden_states.append(x)
         if cache is not None:
             cache.pos += T
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(tr.ln_f(x))
+        return x
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         """An empty KV cache on this model's device and dtype (``max_len`` defaults to the context)."""

@@ -54,6 +54,19 @@ def test_attention_maps_are_causal_distributions(tiny_model):
         attention_maps(tiny_model, ids, layers=[5])
 
 
+def test_attention_of_an_early_layer_stops_the_pass_there(tiny_model, monkeypatch):
+    ids = gpt2.encode("The cat sat on the mat. The cat")
+    full = attention_maps(tiny_model, ids).patterns
+    with torch.no_grad():
+        trace = gpt2.Trace(hidden=True)
+        tiny_model(torch.tensor([ids]), trace=trace)
+        torch.testing.assert_close(tiny_model.residual(torch.tensor([ids]), layers=1), trace.hidden_states[1])
+    monkeypatch.setattr(tiny_model.transformer.h[1], "forward", lambda *a, **k: pytest.fail("layer 1 ran"))
+    np.testing.assert_array_equal(attention_maps(tiny_model, ids, [0]).patterns[0], full[0])
+    with pytest.raises(ValueError, match="cached pass must run every layer"):
+        tiny_model.residual(torch.tensor([ids]), tiny_model.new_cache(), layers=1)
+
+
 def test_logit_lens_last_layer_is_the_model_prediction(tiny_model):
     ids = torch.randint(0, 50257, (9,)).tolist()
     lens = logit_lens(tiny_model, ids)
