@@ -462,10 +462,11 @@ def test_killed_mid_save_the_picker_offers_the_previous_checkpoint_only(tiny_dir
 
 
 class OutOfMemory:
-    """Patches ``GPT2.forward``: once armed, a forward pass raises ``torch.OutOfMemoryError`` (once)."""
+    """Patches ``GPT2.residual`` (every pass through the blocks: ``forward`` and the attention views):
+    once armed, a pass raises ``torch.OutOfMemoryError`` (once)."""
 
     def __init__(self) -> None:
-        self.forward = gpt2.GPT2.forward
+        self.residual = gpt2.GPT2.residual
         self.when: Callable[[], bool] | None = None
         self.raised = 0
 
@@ -486,13 +487,13 @@ class OutOfMemory:
             self.when = None
             self.raised += 1
             raise torch.OutOfMemoryError(OOM)
-        return self.forward(model, *args, **kwargs)
+        return self.residual(model, *args, **kwargs)
 
 
 @pytest.fixture
 def oom(monkeypatch) -> OutOfMemory:
     fault = OutOfMemory()
-    monkeypatch.setattr(gpt2.GPT2, "forward", lambda model, *a, **k: fault(model, *a, **k))
+    monkeypatch.setattr(gpt2.GPT2, "residual", lambda model, *a, **k: fault(model, *a, **k))
     return fault
 
 
