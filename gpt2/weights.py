@@ -15,6 +15,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -190,40 +191,52 @@ def _to_hf_state(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> d
 def save_checkpoint(
     config: GPTConfig, state: dict[str, torch.Tensor], out_dir: str | Path, dtype: torch.dtype | None = None
 ) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` into a temporary sibling, then rename it over
-    ``out_dir``: a crash mid-write never leaves a half-written checkpoint under that name.
+    """Write ``config.json`` + ``model.safetensors`` to ``out_dir`` atomically (``write_dir_atomically``):
+    a crash mid-write never leaves a half-written checkpoint under that name.
 
     Other files already in ``out_dir`` (a model card, training logs) are carried over.
-
-    The temporary sibling is ``.NAME.tmp-*``; a process killed mid-save leaves it behind. Each save
-    first removes the stale ones of the same target (see ``_remove_stale_temps``): those whose writer
-    (host and PID, recorded in the directory while it is written) is a process of this machine that no
-    longer runs, and any untouched for ``STALE_TEMP_S`` (an hour), whoever wrote them.
     """
     out = Path(out_dir).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    restore_interrupted_save(out)
-    _remove_stale_temps(out)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), dir=out.parent))
-    try:
-        (tmp / _WRITER_FILE).write_text(json.dumps(_writer()))
+
+    def write(tmp: Path) -> None:
         tensors = _to_hf_state(state, dtype)
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         hf = config.to_hf() | {"torch_dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
         (tmp / CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
         for f in (tmp / WEIGHTS_FILE, tmp / CONFIG_FILE):
             os.chmod(f, 0o644)
         if out.is_dir():
             for extra in out.iterdir():
                 if extra.name not in (CONFIG_FILE, WEIGHTS_FILE) and not (tmp / extra.name).exists():
                     (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, tmp / extra.name)
-        (tmp / _WRITER_FILE).unlink()  # bookkeeping of the save, not part of the checkpoint
-        _replace_dir(tmp, out)
+
+    return write_dir_atomically(out, write)
+
+
+def write_dir_atomically(dest: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a new sibling directory ``.NAME.tmp-*``, then rename it over ``dest``.
+
+    A process killed mid-write leaves that temporary directory behind; each call first removes the stale
+    ones of the same target (``_remove_stale_temps``: their writer, recorded inside while it writes, is a
+    process of this machine that no longer runs, or they are untouched for ``STALE_TEMP_S``), and puts
+    back a ``dest`` that a call killed mid-swap had set aside (``restore_interrupted_save``).
+    """
+    dest = Path(dest).expanduser().resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted_save(dest)
+    _remove_stale_temps(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), dir=dest.parent))
+    try:
+        (tmp / _WRITER_FILE).write_text(json.dumps(_writer()))
+        write(tmp)
+        (tmp / _WRITER_FILE).unlink(missing_ok=True)  # bookkeeping, not part of the result (a nested save
+        # into ``tmp`` swaps the directory and may have dropped it already)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        _replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return dest
 
 
 STALE_TEMP_S = 3600  # a save's temporary directory untouched this long is abandoned, whoever wrote it

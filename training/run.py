@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt2 import GPT2, GPTConfig
+from gpt2.weights import write_dir_atomically
 
 from . import distributed as dist
 from .data import PreparedData, prepare_data
@@ -268,7 +269,7 @@ def _checkpoint(out: Path, args: RunArgs, trainer: Trainer, job: _Job, records: 
     if write_best:
         _write_model(job.export(), out, _DTYPES[args.save_dtype])
         if job.adapter is not None:
-            _replace_dir_with(out / ADAPTER_DIR, lambda tmp: save_adapter(job.adapter, tmp, args.model or ""))
+            write_dir_atomically(out / ADAPTER_DIR, lambda tmp: save_adapter(job.adapter, tmp, args.model or ""))
     _write_json(out / LOG_FILE, records, one_per_line=True)
     if args.plot != "none":
         write_loss_plot(records, out / PLOT_FILE, args.plot, title=f"{args.mode}: {Path(args.data).name}")
@@ -288,7 +289,7 @@ def _write_last(last: Path, trainer: Trainer, job: _Job) -> None:
         save_file(tensors, tmp / STATE_TENSORS)
         _write_json(tmp / STATE_META, meta)
 
-    _replace_dir_with(last, write)
+    write_dir_atomically(last, write)
 
 
 def _load_subset(last: Path) -> VocabSubset:
@@ -305,22 +306,6 @@ def _write_model(model: GPT2, out: Path, dtype: torch.dtype) -> None:
         for name in ("config.json", "model.safetensors"):
             (saved / name).chmod(0o644)  # safetensors writes 0600 (via a temporary file): publish readable
             os.replace(saved / name, out / name)
-
-
-def _replace_dir_with(dest: Path, write) -> None:
-    """Call ``write(tmp)`` on a new sibling directory, then swap it in for ``dest``."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o755)  # mkdtemp (ours, or save_pretrained's swapped in by write) makes it private
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_json(path: Path, obj: Any, one_per_line: bool = False) -> None:
