@@ -85,7 +85,7 @@ def _stepwise(fn):
 
 @_stepwise
 def _start(model: GPT2, ids: list[int], max_new_tokens: int) -> tuple[torch.Tensor, KVCache]:
-    """Room for the prompt and the first new tokens (``_room`` grows it), and an empty cache for the window."""
+    """Room for the prompt and the first new tokens (``_grown`` doubles it), and an empty cache for the window."""
     # Not prompt + max_new_tokens at once: a caller may ask for an absurd number of tokens (and stop the
     # generator early); allocating them all up front would fail or take gigabytes before the first token.
     all_ids = torch.empty(len(ids) + min(max_new_tokens, model.config.block_size), dtype=torch.long,
@@ -98,12 +98,10 @@ def _start(model: GPT2, ids: list[int], max_new_tokens: int) -> tuple[torch.Tens
 
 
 @_stepwise
-def _room(all_ids: torch.Tensor, n: int) -> torch.Tensor:
-    """``all_ids`` with room for at least one more id after the first ``n`` (doubled when full)."""
-    if n < all_ids.numel():
-        return all_ids
+def _grown(all_ids: torch.Tensor) -> torch.Tensor:
+    """A copy of the full ``all_ids`` with as much room again after it."""
     grown = torch.empty(2 * all_ids.numel(), dtype=all_ids.dtype, device=all_ids.device)
-    grown[:n] = all_ids[:n]
+    grown[: all_ids.numel()] = all_ids
     return grown
 
 
@@ -187,7 +185,8 @@ def generate(
         else:
             processed = process_logits(logits, all_ids[:n], params)
         token = int(sample(processed, params, gen))
-        all_ids = _room(all_ids, n)
+        if n == all_ids.numel():
+            all_ids = _grown(all_ids)
         all_ids[n] = token
         n += 1
         details = (

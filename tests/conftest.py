@@ -35,6 +35,14 @@ def random_model(config: gpt2.GPTConfig, seed: int = 0) -> gpt2.GPT2:
     return model.eval()
 
 
+def words(n_lines: int = 200) -> str:
+    """Varied English-ish text, a few thousand tokens."""
+    names = ["ROMEO", "JULIET", "NURSE", "FRIAR"]
+    verbs = ["loves", "fears", "greets", "follows", "leaves"]
+    return "".join(f"{names[i % 4]}:\nThe {i}th night {verbs[i % 5]} the moon and {i * 7 % 13} stars.\n\n"
+                   for i in range(n_lines))
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> gpt2.GPT2:
     return random_model(CONFIGS["tiny"])

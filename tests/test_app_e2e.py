@@ -6,8 +6,8 @@ The app is launched by the shared ``served`` fixture (conftest.py)."""
 from __future__ import annotations
 
 import json
-import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -127,23 +127,11 @@ def test_unknown_model_is_refused_and_the_current_one_keeps_working(c, served):
 def test_two_clients_fine_tune_at_once_in_isolated_sessions(served):
     bystander = client(served)
     base = generate(bystander)
-    results: dict[str, tuple] = {}
-    errors: list[BaseException] = []
     trainers = {"a": client(served), "b": client(served)}
-
-    def finetune(name: str, text: str) -> None:
-        try:  # text, file, column, mode, steps, lr, batch, block, rank, sample prompt, seed
-            results[name] = trainers[name].predict(text, None, "text", "LoRA", 3, 1e-2, 2, 16, 4, "The", 0,
-                                                   api_name="/finetune")
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
-
-    threads = [threading.Thread(target=finetune, args=a) for a in (("a", TEXT_A), ("b", TEXT_B))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors and set(results) == {"a", "b"}
+    with ThreadPoolExecutor(2) as pool:  # text, file, column, mode, steps, lr, batch, block, rank, prompt, seed
+        runs = {name: pool.submit(trainers[name].predict, text, None, "text", "LoRA", 3, 1e-2, 2, 16, 4, "The", 0,
+                                  api_name="/finetune") for name, text in (("a", TEXT_A), ("b", TEXT_B))}
+        results = {name: run.result(timeout=120) for name, run in runs.items()}  # re-raises a run's error
     for name in "ab":
         fig, progress, before, after, download = results[name]
         assert "Finished all 3 steps" in progress and "batch 2 × block 16" in progress

@@ -3,13 +3,11 @@ gradio_client round trip through a launched app."""
 
 from __future__ import annotations
 
-import socket
-
 import gradio as gr
 import numpy as np
 import pytest
 import torch
-from conftest import random_model
+from conftest import free_port, random_model
 
 import gpt2
 from gpt2.inspection import attention_maps, head_scores
@@ -258,12 +256,6 @@ def test_limits_follow_the_source_and_the_model_that_made_a_generation(ctx, hand
         attention("", "a generation", None, 2, 0, "one head", None, 0, session)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_attention_endpoint_with_gradio_client(tiny_dir):
     gradio_client = pytest.importorskip("gradio_client")
@@ -279,7 +271,7 @@ def test_attention_endpoint_with_gradio_client(tiny_dir):
                 tab = at.build(ctx, state)
         at.connect(ctx, tab, state, generate, tabs, page)
     demo.queue()
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)

@@ -4,16 +4,17 @@ one gradio_client round trip through a launched app. Runs are a few steps of 2 x
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
 import plotly.graph_objects as go
 import pytest
 import torch
+from conftest import free_port
 
 import gpt2
 from training import LoRAAdapter, merge_lora, prepare_data, use_adapter
@@ -278,21 +279,10 @@ def test_csv_column_and_instruction_jsonl(h, tmp_path):
 def test_two_sessions_train_at_once_and_keep_their_own_adapters(ctx, h):
     base = ctx.store.get(ctx.default_key)
     weights = snapshot(base)
-    results: dict[str, list] = {}
-    errors: list[BaseException] = []
-
-    def train(name: str, text: str) -> None:
-        try:
-            results[name] = run(h, text=text, steps=6)
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
-
-    threads = [threading.Thread(target=train, args=a) for a in (("a", TEXT_A), ("b", TEXT_B))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and same_weights(base, weights)
+    with ThreadPoolExecutor(2) as pool:
+        runs = {name: pool.submit(run, h, text=text, steps=6) for name, text in (("a", TEXT_A), ("b", TEXT_B))}
+        results = {name: r.result() for name, r in runs.items()}  # re-raises a run's error
+    assert same_weights(base, weights)
     sa, sb = results["a"][-1][-1], results["b"][-1][-1]
     assert sa is not sb and sa.adapter is not sb.adapter and sa.workdir != sb.workdir
     ids = gpt2.encode(FAST["sample_prompt"])
@@ -301,12 +291,6 @@ def test_two_sessions_train_at_once_and_keep_their_own_adapters(ctx, h):
         with use_adapter(s.adapter):
             assert results[name][-1][3] == ft.sample_text(base, ids, params)
     assert results["a"][-1][3] != results["b"][-1][3]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_build_wires_the_endpoint_queue_and_header_toggle(ctx):
@@ -327,7 +311,7 @@ def test_finetune_endpoint_with_gradio_client(tiny_dir, tmp_path):
         state = gr.State(None)
         ft.build(ctx, state)
     demo.queue()
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)

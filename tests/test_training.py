@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import words
 
 from gpt2 import GPT2, GPTConfig, encode
 from training import TrainConfig, Trainer, lr_at, prepare_data, pretrain, resume, train
@@ -21,13 +22,6 @@ from training.vocab import CompactVocabModel, VocabSubset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig.preset("tiny", block_size=32)
-
-
-def words(n_lines: int = 200) -> str:
-    names = ["ROMEO", "JULIET", "NURSE", "FRIAR"]
-    verbs = ["loves", "fears", "greets", "follows", "leaves"]
-    return "".join(f"{names[i % 4]}:\nThe {i}th night {verbs[i % 5]} the moon and {i * 7 % 13} stars.\n\n"
-                   for i in range(n_lines))
 
 
 @pytest.fixture

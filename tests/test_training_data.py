@@ -5,18 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import words
 
 from gpt2 import EOT_ID, encode
 from gpt2.prompts import format_prompt
 from training.data import IGNORE_INDEX, DataError, collate, prepare_data, tokenize_file
-
-
-def words(n_lines: int = 200) -> str:
-    """Varied English-ish text, a few thousand tokens."""
-    names = ["ROMEO", "JULIET", "NURSE", "FRIAR"]
-    verbs = ["loves", "fears", "greets", "follows", "leaves"]
-    return "".join(f"{names[i % 4]}:\nThe {i}th night {verbs[i % 5]} the moon and {i * 7 % 13} stars.\n\n"
-                   for i in range(n_lines))
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ per-step logits (100-200 kB each) made on Gradio's worker threads.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import sys
 
@@ -20,6 +21,7 @@ MMAP_THRESHOLD = 64 * 1024  # blocks at least this big come from (and go back to
 ARENAS = 2  # heaps shared by all threads: fewer half-empty heaps
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None

@@ -67,7 +67,13 @@ class ModelStore:
         # ZeroGPU forks GPU workers from this process: a lock that another thread held at that moment
         # would stay held in the worker forever, so a worker starts with fresh ones.
         this = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (store := this()) is not None and store._new_locks())
+
+        def in_child() -> None:
+            store = this()
+            if store is not None:
+                store._new_locks()
+
+        os.register_at_fork(after_in_child=in_child)
 
     def _new_locks(self) -> None:
         self._lock = threading.Lock()
