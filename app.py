@@ -20,9 +20,9 @@ import sys
 import gradio as gr
 
 from ui import memory
-from ui.blocks import build_demo
-from ui.context import AppContext
-from ui.models import BUNDLED, ModelStore, catalog
+from ui.context import AppContext, Caps
+from ui.layout.page import CSS, build_demo
+from ui.models import BUNDLED, ModelStore, catalog, key_for
 
 
 def default_model() -> str:
@@ -30,18 +30,20 @@ def default_model() -> str:
     return os.environ.get("GPT2_MODEL") or ("gpt2" if os.environ.get("SPACE_ID") else BUNDLED)
 
 
-def make_context(model: str) -> AppContext:
-    """The shared store with ``model`` offered (a hub id, a folder under checkpoints/ or any directory)."""
+def make_context(model: str, caps: Caps | None = None) -> AppContext:
+    """The shared store with ``model`` offered (a hub id, a folder under checkpoints/ or any directory),
+    and the server's caps (by default from the ``GPT2_*`` environment variables)."""
     entries = catalog(extra=model)
-    key = model if model in entries else next(k for k, e in entries.items() if e.source == model)
-    return AppContext(ModelStore(entries), default_key=key)
+    key = key_for(entries, model) or model
+    return AppContext(ModelStore(entries), default_key=key, caps=caps or Caps())
 
 
 def launch(demo: gr.Blocks, ctx: AppContext, **options) -> None:
     """Queue and launch ``demo`` with the server's caps; ``options`` go to ``Blocks.launch`` (tests pass
     a host, a port and ``prevent_thread_lock``)."""
     demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
-    demo.launch(max_file_size=ctx.caps.max_upload_bytes, state_session_capacity=ctx.caps.max_sessions, **options)
+    demo.launch(max_file_size=ctx.caps.max_upload_bytes, state_session_capacity=ctx.caps.max_sessions, css=CSS,
+                **options)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
-"""GPT-2 from scratch in PyTorch: model, weights I/O, tokenizer, sampling, generation, inspection."""
+"""GPT-2 from scratch in PyTorch: model, weights I/O, tokenizer, sampling, generation, inspection, LoRA."""
 
 from .config import PRESETS, GPTConfig
 from .generation import Step, StepDetails, generate, generate_text
+from .lora import LoRAAdapter, LoRAConfig, LoRALinear, install_lora, merge_lora, use_adapter, with_adapter
 from .model import GPT2, KVCache, Trace
 from .sampling import (
     SamplingParams,
@@ -21,4 +22,5 @@ __all__ = [
     "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "sample",
     "generate", "generate_text", "Step", "StepDetails", "get_tokenizer", "encode", "token_display",
     "EOT_ID", "EOT_TOKEN", "HUB_MODELS", "CheckpointError",
+    "LoRAAdapter", "LoRAConfig", "LoRALinear", "install_lora", "merge_lora", "use_adapter", "with_adapter",
 ]

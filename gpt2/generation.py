@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import GPTConfig
 from .model import GPT2, KVCache, Trace
 from .sampling import SamplingParams, apply_repetition_penalty, make_generator, process_logits, sample
 from .tokenizer import EOT_ID, encode, get_tokenizer
@@ -56,6 +57,7 @@ class _StopFilter:
         self.stops = tuple(stops)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending = ""
+        self.tok = get_tokenizer()
 
     def push(self, raw: bytes, final: bool = False) -> tuple[str, bool]:
         """Feed a token's bytes; returns (text safe to show, whether a stop string was hit)."""
@@ -66,6 +68,12 @@ class _StopFilter:
         hold = 0 if final else max((_overlap(self.pending, s) for s in self.stops), default=0)
         out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
         return out, False
+
+    def push_token(self, token: int, eos: bool, last: bool) -> tuple[str, str | None]:
+        """Feed a new token; returns the text to show and the finish reason if the run ends here:
+        ``"stop"`` (a stop string, cut off the text), ``"eos"`` (shows nothing) or ``"length"`` (``last``)."""
+        text, hit_stop = self.push(b"" if eos else self.tok.decode_single_token_bytes(token), final=eos or last)
+        return text, "stop" if hit_stop else "eos" if eos else "length" if last else None
 
 
 def _overlap(text: str, stop: str) -> int:
@@ -83,9 +91,28 @@ def _stepwise(fn):
     return torch.inference_mode(False)(torch.no_grad()(fn))
 
 
+def _prompt(prompt_ids: Sequence[int], config: GPTConfig) -> tuple[list[int], str | None]:
+    """The ids the model starts from, and a notice if the prompt had to be cropped to the context."""
+    ids = list(prompt_ids) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, like GPT-2's samples
+    _check_ids(ids, config.vocab_size)
+    if len(ids) <= config.block_size:
+        return ids, None
+    notice = f"Prompt of {len(ids)} tokens cropped to its last {config.block_size} (the model's context)."
+    log.info(notice)
+    return ids[-config.block_size :], notice
+
+
+def _check_ids(ids: list[int], vocab_size: int) -> None:
+    """Refuse ids the embedding cannot look up, naming them (instead of an IndexError deep in the model)."""
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"prompt_ids must be token ids from 0 to {vocab_size - 1} (this model's vocabulary); "
+                         f"got {', '.join(map(str, bad[:3]))}{' …' if len(bad) > 3 else ''}")
+
+
 @_stepwise
 def _start(model: GPT2, ids: list[int], max_new_tokens: int) -> tuple[torch.Tensor, KVCache]:
-    """Room for the prompt and the first new tokens (``_grown`` doubles it), and an empty cache for the window."""
+    """Room for the prompt and the first new tokens (``_append`` grows it), and an empty cache for the window."""
     # Not prompt + max_new_tokens at once: a caller may ask for an absurd number of tokens (and stop the
     # generator early); allocating them all up front would fail or take gigabytes before the first token.
     all_ids = torch.empty(len(ids) + min(max_new_tokens, model.config.block_size), dtype=torch.long,
@@ -105,12 +132,12 @@ def _grown(all_ids: torch.Tensor) -> torch.Tensor:
     return grown
 
 
-def _check_ids(ids: list[int], vocab_size: int) -> None:
-    """Refuse ids the embedding cannot look up, naming them (instead of an IndexError deep in the model)."""
-    bad = [t for t in ids if not 0 <= t < vocab_size]
-    if bad:
-        raise ValueError(f"prompt_ids must be token ids from 0 to {vocab_size - 1} (this model's vocabulary); "
-                         f"got {', '.join(map(str, bad[:3]))}{' …' if len(bad) > 3 else ''}")
+def _append(all_ids: torch.Tensor, n: int, token: int) -> torch.Tensor:
+    """``all_ids`` (grown when full) with ``token`` written at position ``n``."""
+    if n == all_ids.numel():  # checked here, not in the decorated ``_grown``: a decorated call costs µs
+        all_ids = _grown(all_ids)
+    all_ids[n] = token
+    return all_ids
 
 
 @_stepwise
@@ -143,6 +170,37 @@ def _details(logits, processed, token, trace, k, keep_logits, window_start) -> S
     )
 
 
+def _pick(logits: torch.Tensor, prev_ids: torch.Tensor, params: SamplingParams, gen: torch.Generator,
+          fast_greedy: bool) -> tuple[torch.Tensor, int]:
+    """The processed logits and the next token (its ``int`` is the step's one device sync).
+
+    ``fast_greedy`` (greedy, no details asked) only needs the arg-max: temperature 0 keeps just the
+    arg-max token and top-k/top-p always keep the top one, so only the repetition penalty can change the
+    pick. Skipping the other stages saves a masked vocabulary-sized copy (and a second arg-max) per token.
+    """
+    if fast_greedy:
+        processed = apply_repetition_penalty(logits, prev_ids, params.repetition_penalty)
+    else:
+        processed = process_logits(logits, prev_ids, params)
+    return processed, int(sample(processed, params, gen))
+
+
+def _decode_next(model: GPT2, all_ids: torch.Tensor, n: int, start: int, cache: KVCache,
+                 want_attn: bool) -> tuple[torch.Tensor, Trace | None, int, str | None]:
+    """Logits after the newest of the ``n`` tokens, the window's start and a notice if it moved.
+
+    Normally one cached step. With the context full, the window slides instead: the last three quarters
+    are prefilled again into the emptied cache.
+    """
+    block = model.config.block_size
+    if cache.pos != block:
+        return *_forward(model, all_ids[n - 1 : n], cache, want_attn), start, None
+    keep = block - block // 4
+    cache.reset()
+    logits, trace = _forward(model, all_ids[n - keep : n], cache, want_attn)
+    return logits, trace, n - keep, f"Context full ({block} tokens): the model now sees only the last {keep}."
+
+
 def generate(
     model: GPT2,
     prompt_ids: Sequence[int],
@@ -159,56 +217,28 @@ def generate(
     last three quarters), with a notice on the step where either happens. Ids outside the model's
     vocabulary are refused with a ``ValueError``.
     """
-    tok = get_tokenizer()
-    block = model.config.block_size
-    ids = list(prompt_ids) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, like GPT-2's samples
-    _check_ids(ids, model.config.vocab_size)
-    notice = None
-    if len(ids) > block:
-        notice = f"Prompt of {len(ids)} tokens cropped to its last {block} (the model's context)."
-        log.info(notice)
-        ids = ids[-block:]
+    ids, notice = _prompt(prompt_ids, model.config)
     all_ids, cache = _start(model, ids, params.max_new_tokens)
-    n = len(ids)  # tokens so far (prompt + generated) in all_ids
-    start = 0  # first token inside the model's window
+    n, start = len(ids), 0  # tokens so far (prompt + generated) in all_ids; first token inside the window
     gen = make_generator(params.seed, model.device)
-    stop_filter = _StopFilter(params.stop)
+    stops = _StopFilter(params.stop)
     want_details = top_candidates > 0 or attention or keep_logits
-    logits, trace = _forward(model, all_ids[:n], cache, attention)
-    # Greedy without details only needs the arg-max: temperature 0 keeps just the arg-max token and
-    # top-k/top-p always keep the top one, so only the repetition penalty can change the pick. Skipping
-    # the other stages saves building a masked vocabulary-sized copy (and a second arg-max) per token.
     fast_greedy = params.greedy and not want_details
+    logits, trace = _forward(model, all_ids[:n], cache, attention)  # prefill
     for i in range(params.max_new_tokens):
-        if fast_greedy:
-            processed = apply_repetition_penalty(logits, all_ids[:n], params.repetition_penalty)
-        else:
-            processed = process_logits(logits, all_ids[:n], params)
-        token = int(sample(processed, params, gen))
-        if n == all_ids.numel():
-            all_ids = _grown(all_ids)
-        all_ids[n] = token
+        processed, token = _pick(logits, all_ids[:n], params, gen, fast_greedy)
+        all_ids = _append(all_ids, n, token)
         n += 1
         details = (
             _details(logits, processed, token, trace, top_candidates or 10, keep_logits, start)
             if want_details else None
         )
         eos = token == EOT_ID and params.stop_at_eos
-        last = eos or i == params.max_new_tokens - 1
-        text, hit_stop = stop_filter.push(b"" if eos else tok.decode_single_token_bytes(token), final=last)
-        reason = "stop" if hit_stop else "eos" if eos else "length" if last else None
+        text, reason = stops.push_token(token, eos, last=i == params.max_new_tokens - 1)
         yield Step(i, token, text, reason, notice, details)
         if reason:
             return
-        notice = None
-        if cache.pos == block:  # context full: slide the window and re-prefill
-            keep = block - block // 4
-            start = n - keep
-            notice = f"Context full ({block} tokens): the model now sees only the last {keep}."
-            cache.reset()
-            logits, trace = _forward(model, all_ids[start:n], cache, attention)
-        else:
-            logits, trace = _forward(model, all_ids[n - 1 : n], cache, attention)
+        logits, trace, start, notice = _decode_next(model, all_ids, n, start, cache, attention)
 
 
 def generate_text(model: GPT2, prompt: str, params: SamplingParams = SamplingParams()) -> str:

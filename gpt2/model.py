@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
+from .weights import load_checkpoint, resolve_device_dtype, save_checkpoint
 
 
 class KVCache:
@@ -228,16 +229,20 @@ class GPT2(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
+    def state_shapes(cls, config: GPTConfig) -> dict[str, torch.Size]:
+        """Every state-dict name of a model of ``config`` and its shape, allocating nothing."""
+        with torch.device("meta"):
+            return {k: v.shape for k, v in cls(config).state_dict().items()}
+
+    @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, device=None, dtype=None) -> GPT2:
         """Load a hub id (``gpt2``, ``gpt2-medium`` ...) or an HF-layout directory (safetensors only).
 
         ``device`` None picks CUDA when available; ``dtype`` None picks bf16 (or fp16) on CUDA and
         fp32 on CPU.
         """
-        from .weights import load_checkpoint, resolve_device_dtype
-
         device, dtype = resolve_device_dtype(device, dtype)
-        config, state = load_checkpoint(name_or_dir)
+        config, state = load_checkpoint(name_or_dir, expected=cls.state_shapes)
         if device.type == "cpu" and dtype == torch.float32:
             # Keep the tied embedding/head matrix column-major: same (V, C) shape, transposed strides.
             # The head then reads it as a contiguous (C, V) matrix, which MKL's batch-1 GEMV streams
@@ -253,6 +258,4 @@ class GPT2(nn.Module):
 
     def save_pretrained(self, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (HF layout) atomically; returns the path."""
-        from .weights import save_checkpoint
-
         return save_checkpoint(self.config, self.state_dict(), out_dir, dtype=dtype)

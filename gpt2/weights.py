@@ -5,17 +5,13 @@ Only safetensors are read, so loading a file can never run code (no unpickling).
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import logging
 import os
 import re
 import shutil
 import socket
-import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +20,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
+from .files import STALE_TEMP_S, restore_interrupted_save, write_dir_atomically
+
+__all__ = [  # the atomic-write helpers live in gpt2.files; they are imported from here too
+    "HUB_MODELS", "CONFIG_FILE", "WEIGHTS_FILE", "STALE_TEMP_S", "CheckpointError", "resolve_device_dtype",
+    "resolve_checkpoint_dir", "load_checkpoint", "save_checkpoint", "write_dir_atomically",
+    "restore_interrupted_save",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +133,14 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
     return None
 
 
-def load_checkpoint(name_or_dir: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """Read a checkpoint into a config and a state dict with this package's parameter names."""
+def load_checkpoint(
+    name_or_dir: str | Path, expected: Callable[[GPTConfig], Mapping[str, torch.Size]]
+) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Read a checkpoint into a config and a state dict with this package's parameter names.
+
+    ``expected(config)`` gives the parameter names and shapes a model of that config has (``GPT2.state_shapes``);
+    a checkpoint that does not match them is refused with a ``CheckpointError`` naming the differences.
+    """
     path = resolve_checkpoint_dir(name_or_dir)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file():
@@ -149,10 +158,12 @@ def load_checkpoint(name_or_dir: str | Path) -> tuple[GPTConfig, dict[str, torch
         raw = load_file(weights_path)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file: {e}") from None
-    return config, _from_hf_state(raw, config, weights_path)
+    state = _from_hf_state(raw)
+    _check_state(state, expected(config), weights_path)
+    return config, state
 
 
-def _from_hf_state(raw: dict[str, torch.Tensor], config: GPTConfig, where: Path) -> dict[str, torch.Tensor]:
+def _from_hf_state(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF names (with or without ``transformer.``) and Conv1D layout -> our names and layout."""
     state = {}
     for key, t in raw.items():
@@ -162,10 +173,11 @@ def _from_hf_state(raw: dict[str, torch.Tensor], config: GPTConfig, where: Path)
         state[name] = t.t() if name.endswith(_TRANSPOSED) else t
     if "transformer.wte.weight" in state:
         state["lm_head.weight"] = state["transformer.wte.weight"]
-    from .model import GPT2  # the expected names and shapes come from the model itself
+    return state
 
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in GPT2(config).state_dict().items()}
+
+def _check_state(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Size], where: Path) -> None:
+    """Refuse a state dict whose names or shapes differ from ``expected``, listing (some of) the differences."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(s)}" for k, s in expected.items()
@@ -174,7 +186,6 @@ def _from_hf_state(raw: dict[str, torch.Tensor], config: GPTConfig, where: Path)
         parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
                  f"wrong shapes {wrong[:5]}" if wrong else ""]
         raise CheckpointError(f"{where} does not match its config.json: " + "; ".join(p for p in parts if p))
-    return state
 
 
 def _to_hf_state(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -211,120 +222,3 @@ def save_checkpoint(
                     (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, tmp / extra.name)
 
     return write_dir_atomically(out, write)
-
-
-def write_dir_atomically(dest: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a new sibling directory ``.NAME.tmp-*``, then rename it over ``dest``.
-
-    A process killed mid-write leaves that temporary directory behind; each call first removes the stale
-    ones of the same target (``_remove_stale_temps``: their writer, recorded inside while it writes, is a
-    process of this machine that no longer runs, or they are untouched for ``STALE_TEMP_S``), and puts
-    back a ``dest`` that a call killed mid-swap had set aside (``restore_interrupted_save``).
-    """
-    dest = Path(dest).expanduser().resolve()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    restore_interrupted_save(dest)
-    _remove_stale_temps(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), dir=dest.parent))
-    try:
-        (tmp / _WRITER_FILE).write_text(json.dumps(_writer()))
-        write(tmp)
-        (tmp / _WRITER_FILE).unlink(missing_ok=True)  # bookkeeping, not part of the result (a nested save
-        # into ``tmp`` swaps the directory and may have dropped it already)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
-
-
-STALE_TEMP_S = 3600  # a save's temporary directory untouched this long is abandoned, whoever wrote it
-_WRITER_FILE = ".writer.json"  # inside a temporary directory while it is written: {"host", "pid"}
-
-
-def _temp_prefix(out: Path) -> str:
-    return f".{out.name}.tmp-"
-
-
-def _writer() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _pid_running(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (POSIX; elsewhere: assume it does)."""
-    if os.name != "posix":  # on Windows os.kill(pid, 0) would send CTRL_C_EVENT, not probe the process
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: it exists, as another user's process
-        return True
-    return True
-
-
-def _newest_mtime(path: Path) -> float:
-    """The latest modification time of a directory and its direct entries (a save writes into it)."""
-    times = [path.stat().st_mtime]
-    for entry in path.iterdir():
-        with contextlib.suppress(OSError):  # removed meanwhile
-            times.append(entry.stat().st_mtime)
-    return max(times)
-
-
-def _is_stale(tmp: Path, now: float) -> bool:
-    """A temporary directory another save left behind: untouched for ``STALE_TEMP_S``, or written by
-    a process of this machine that has exited. A directory on a shared disk written from another host
-    only goes by age: its PID means nothing here."""
-    try:
-        if now - _newest_mtime(tmp) > STALE_TEMP_S:
-            return True
-        writer = json.loads((tmp / _WRITER_FILE).read_text())
-        return writer["host"] == socket.gethostname() and not _pid_running(int(writer["pid"]))
-    except (OSError, ValueError, KeyError, TypeError):  # no (or a half-written) record: only age counts
-        return False
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Remove ``out``'s stale temporary siblings (``.NAME.tmp-*``) left by killed saves."""
-    now = time.time()
-    for tmp in out.parent.glob(f"{glob.escape(_temp_prefix(out))}*"):
-        if tmp.is_dir() and not tmp.is_symlink() and _is_stale(tmp, now):
-            log.info("removing %s, left behind by an interrupted save", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _aside_prefix(out: Path) -> str:
-    return f".{out.name}.old-"
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``. An existing ``dst`` is renamed aside (``.NAME.old-PID``) first and removed
-    after. A process killed between those two renames leaves no ``dst``, only the complete old checkpoint
-    aside, which ``restore_interrupted_save`` puts back (saving and loading ``dst`` call it)."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = dst.with_name(f"{_aside_prefix(dst)}{os.getpid()}")
-    os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def restore_interrupted_save(out: str | Path) -> bool:
-    """If ``out`` is missing because a save was killed mid-swap, rename the checkpoint it had set aside
-    (the newest complete ``.NAME.old-*``) back to ``out``. Returns whether it did."""
-    out = Path(out)
-    if out.exists() or not out.parent.is_dir():
-        return False
-    asides = [p for p in out.parent.glob(f"{glob.escape(_aside_prefix(out))}*")
-              if (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()]
-    for old in sorted(asides, key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            os.replace(old, out)
-        except OSError:  # another process got there first
-            continue
-        log.warning("restored %s, set aside by a save that did not finish", out)
-        return True
-    return False

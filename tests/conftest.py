@@ -8,12 +8,14 @@ import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import pytest
 import torch
 
 import gpt2
+
+T = TypeVar("T")
 
 # Random configurations for parity tests: different depths, head counts, widths and vocabularies.
 CONFIGS = {
@@ -72,6 +74,44 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    """No download from any case: the hub is "offline" and its cache empty (a listed hub model then fails
+    fast with instructions, as on a machine without network)."""
+    hub = pytest.importorskip("huggingface_hub.constants")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(hub, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf-cache")))
+        yield
+
+
+# ---------------------------------------------------------------- the app's context, as ``python app.py`` builds it
+
+
+def make_ctx(model_dir: str | Path, **caps):
+    """The app's context as ``app.make_context`` builds it (the picker's catalogue, ``model_dir`` offered as
+    with ``--model``), with some server caps changed (``make_ctx(d, max_new_tokens=12)``)."""
+    import app
+    from ui.context import Caps
+
+    return app.make_context(str(model_dir), Caps(**caps))
+
+
+@pytest.fixture()
+def app_ctx(tiny_dir):
+    """A fresh app context on the tiny model with the server's default caps (each test its own store)."""
+    return make_ctx(tiny_dir)
+
+
+def drain(stream: Iterator[T]) -> T:
+    """Drive a stream (a generation, a fine-tune) to its end; its last item."""
+    last = None
+    for last in stream:  # noqa: B007 - only the last item is wanted
+        pass
+    assert last is not None, "the stream yielded nothing"
+    return last
+
+
 # ---------------------------------------------------------------- the launched app
 
 
@@ -96,7 +136,7 @@ def launched_app(model: str | Path) -> Iterator[Served]:
     """The app as ``app.main`` builds and launches it (queue, upload cap), with ``model`` offered as
     with ``--model``, on a free local port; closed on exit."""
     import app
-    from ui.blocks import build_demo
+    from ui.layout.page import build_demo
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on shared cores, OpenMP's spinning threads make a tiny model several times slower

@@ -25,7 +25,7 @@ GREEDY = (24, 0, 0, 1.0, 1.0, 0, "")
 TEXT_A = " ".join(f"The cat number {i} sat on the mat." for i in range(120))
 TEXT_B = "\n".join(f"ROMEO: O {i}, thy love is {i * 7} roses." for i in range(120))
 ENDPOINTS = {"/generate", "/compare", "/attention", "/step_probabilities", "/text_probabilities", "/finetune",
-             "/load_model"}
+             "/download_finetuned", "/load_model"}
 
 
 def client(served) -> gradio_client.Client:
@@ -39,7 +39,7 @@ def c(served) -> gradio_client.Client:
 
 
 def generate(cl: gradio_client.Client, prompt: str = PROMPT, args: tuple = SAMPLED) -> str:
-    text, _stats = cl.predict(prompt, *args, api_name="/generate")
+    text, _stats, _view = cl.predict(prompt, *args, api_name="/generate")
     return text
 
 
@@ -57,7 +57,7 @@ def test_every_tab_has_its_named_endpoint(c):
 
 def test_generate_streams_growing_text_and_ends_like_predict(c):
     job = c.submit(PROMPT, *SAMPLED, api_name="/generate")
-    final_text, final_stats = job.result()
+    final_text, final_stats, final_view = job.result()
     texts = [out[0] for out in job.outputs()]
     assert len(texts) >= 3 and texts[0] == ""  # cleared, the first token, ..., the end
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))  # the text only grows
@@ -83,7 +83,7 @@ def test_invalid_parameters_are_refused_with_a_clear_message(c):
     with pytest.raises(gradio_client.exceptions.AppError, match=r"1\.5.*(maximum|top_p)"):
         c.predict(PROMPT, 8, 1.0, 0, 1.5, 1.0, 0, "", api_name="/generate")
     # inside the slider's range but not a whole number: the app's own check names the parameter
-    with pytest.raises(gradio_client.exceptions.AppError, match=r"top_k must be a whole number; got 2\.5"):
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"top_k must be a whole number.*got 2\.5"):
         c.predict(PROMPT, 8, 1.0, 2.5, 1.0, 1.0, 0, "", api_name="/generate")
     assert generate(c)  # the next ordinary request works
 
@@ -119,7 +119,7 @@ def test_unknown_model_is_refused_and_the_current_one_keeps_working(c, served):
     before = generate(c)
     with pytest.raises(gradio_client.exceptions.AppError, match="not one of the offered|not one of the choices"):
         c.predict("/etc/passwd", api_name="/load_model")
-    info = c.predict(served.key, api_name="/load_model")[0]
+    info = c.predict(served.key, api_name="/load_model")
     assert "parameters" in info and "2 layers" in info
     assert generate(c) == before
 
@@ -132,13 +132,16 @@ def test_two_clients_fine_tune_at_once_in_isolated_sessions(served):
         runs = {name: pool.submit(trainers[name].predict, text, None, "text", "LoRA", 3, 1e-2, 2, 16, 4, "The", 0,
                                   api_name="/finetune") for name, text in (("a", TEXT_A), ("b", TEXT_B))}
         results = {name: run.result(timeout=120) for name, run in runs.items()}  # re-raises a run's error
+    downloads = {name: trainers[name].predict(api_name="/download_finetuned") for name in "ab"}
     for name in "ab":
-        fig, progress, before, after, download = results[name]
+        fig, progress, before, after, _ = results[name]
+        download = downloads[name]
         assert "Finished all 3 steps" in progress and "batch 2 × block 16" in progress
         assert [t["name"] for t in plot_json(fig)["data"]][:1] == ["train"]
         with zipfile.ZipFile(download["value"]) as z:  # each client downloaded its own model
             assert set(z.namelist()) == {"config.json", "model.safetensors"}
-    (_, _, before_a, after_a, zip_a), (_, _, before_b, after_b, zip_b) = results["a"], results["b"]
+    (_, _, before_a, after_a, _), (_, _, before_b, after_b, _) = results["a"], results["b"]
+    zip_a, zip_b = downloads["a"], downloads["b"]
     assert before_a == before_b  # both "before" samples: the shared base, same prompt and seed
     assert after_a != after_b and before_a not in (after_a, after_b)  # each "after": that session's adapter
     assert Path(zip_a["value"]).read_bytes() != Path(zip_b["value"]).read_bytes()

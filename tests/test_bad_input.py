@@ -122,11 +122,11 @@ def _inputs(defaults: dict[str, Any]) -> Callable[..., tuple]:
 
 generate = _inputs(dict(prompt="The cat", max_new_tokens=4, temperature=1.0, top_k=0, top_p=1.0,
                         repetition_penalty=1.0, seed=0, stop=""))
-compare = _inputs(dict(prompt="The cat", max_new_tokens=4, temperature=1.0, top_k=0, top_p=1.0,
-                       repetition_penalty=1.0, temperature_b=1.2, top_k_b=0, top_p_b=1.0, repetition_penalty_b=1.0,
+compare = _inputs(dict(prompt="The cat", max_new_tokens=4, temperature_a=1.0, top_k_a=0, top_p_a=1.0,
+                       repetition_penalty_a=1.0, temperature_b=1.2, top_k_b=0, top_p_b=1.0, repetition_penalty_b=1.0,
                        seed=0, stop=""))
 attention = _inputs(dict(text="The cat sat on the mat.", source="text", record=None, layer=0, head=0,
-                         view="one head", query=0, step=0))
+                         view="one head", query=0, step=0, scale="fitted to the data"))
 step_probabilities = _inputs(dict(record=None, step=0, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0))
 TRAIN_TEXT = " ".join(f"The cat number {i} sat on the mat." for i in range(60))
 finetune = _inputs(dict(text=TRAIN_TEXT, file=None, column="text", mode="LoRA", steps=1, learning_rate=1e-2,
@@ -211,9 +211,14 @@ API_CASES: list[Case] = [
     *_sampler_rows("/generate", generate, GENERATE_PARAMS),
     Case("/compare 300k-character prompt", "/compare", compare(prompt=HUGE), ok("cropped", part=2), seconds=5),
     Case("/compare B temperature above the range", "/compare", compare(temperature_b=5),
-         refused(named("temperature"), r"\b2\b")),
-    Case("/compare B top_k non-integer", "/compare", compare(top_k_b=2.5), refused(named("top_k"), WHOLE)),
-    Case("/compare B top_p NaN", "/compare", compare(top_p_b=NAN), refused(named("top_p")), http=True),
+         refused(named("temperature_b"), r"\b2\b")),
+    Case("/compare B top_k non-integer", "/compare", compare(top_k_b=2.5), refused(named("top_k_b"), WHOLE)),
+    Case("/compare B top_p NaN", "/compare", compare(top_p_b=NAN), refused(named("top_p_b")), http=True),
+    # A's sliders are Generate's own ("the settings above"): Gradio's range check names them by their label
+    Case("/compare A repetition_penalty zero", "/compare", compare(repetition_penalty_a=0),
+         refused(named("repetition_penalty"), r"\b0?\.5\b|\b0\b")),
+    Case("/attention unknown scale", "/attention", attention(scale="logarithmic"),
+         refused(named("scale"), "fitted to the data")),
     Case("/compare max_new_tokens absurd", "/compare", compare(max_new_tokens=10**12),
          refused(named("max_new_tokens"), rf"\b{CAPS.max_new_tokens}\b")),
     # (the session has generations: each case's ordinary request makes one)
@@ -229,8 +234,10 @@ API_CASES: list[Case] = [
          refused(named("step")), http=True),
     Case("/step_probabilities unknown record", "/step_probabilities", step_probabilities(record=123_456),
          refused("123456", "pick")),
-    Case("/step_probabilities record not a number", "/step_probabilities", step_probabilities(record="latest"),
-         refused(named("record", "generation"))),
+    Case("/step_probabilities record not a number", "/step_probabilities", step_probabilities(record="newest"),
+         refused(named("record", "generation"), "latest")),
+    Case("/step_probabilities record 'latest'", "/step_probabilities", step_probabilities(record="latest"),
+         ok("Step 0", part=1)),
     Case("/step_probabilities temperature above the range", "/step_probabilities",
          step_probabilities(temperature=5), refused(named("temperature"), r"\b2\b")),
     Case("/step_probabilities temperature NaN", "/step_probabilities", step_probabilities(temperature=NAN),
@@ -256,8 +263,10 @@ API_CASES: list[Case] = [
     Case("/attention unknown view", "/attention", attention(view="sideways"), refused(named("view"), "one head")),
     Case("/attention unknown source", "/attention", attention(source="elsewhere"),
          refused(named("source"), "a generation")),
-    Case("/attention record not a number", "/attention", attention(source="a generation", record="latest"),
-         refused(named("record", "generation"))),
+    Case("/attention record not a number", "/attention", attention(source="a generation", record="newest"),
+         refused(named("record", "generation"), "latest")),
+    Case("/attention record 'latest'", "/attention", attention(source="a generation", record="latest"),
+         ok("Generation #", part=2)),
     Case("/text_probabilities empty text", "/text_probabilities", ("",), refused(named("text"))),
     Case("/text_probabilities missing text", "/text_probabilities", (None,), refused(named("text"))),
     Case("/text_probabilities whitespace text", "/text_probabilities", ("   ",), ok("Perplexity", part=1)),
@@ -427,17 +436,6 @@ class UploadRefused(Exception):
 
 
 @pytest.fixture(scope="module")
-def offline(tmp_path_factory):
-    """No download from any case: the hub is "offline" and its cache empty (a listed hub model then fails
-    fast with instructions, as on a machine without network)."""
-    hub = pytest.importorskip("huggingface_hub.constants")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(hub, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf-cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
 def loads(served):
     """Every source ``GPT2.from_pretrained`` is asked to read while the cases run."""
     seen: list[str] = []
@@ -507,9 +505,9 @@ def test_after_the_catalogue_a_new_session_gets_the_untouched_app(api: Api):
     import gradio_client
 
     fresh = gradio_client.Client(api.served.url, verbose=False)
-    text, stats = fresh.predict("The cat sat", 2, 0, 0, 1.0, 1.0, 0, "", api_name="/generate")
+    text, stats, _ = fresh.predict("The cat sat", 2, 0, 0, 1.0, 1.0, 0, "", api_name="/generate")
     assert "2 tokens" in stats and text == api.baseline
-    info = fresh.predict(api.served.key, api_name="/load_model")[0]
+    info = fresh.predict(api.served.key, api_name="/load_model")
     assert f"{TINY.n_layer} layers" in info
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import gpt2
-from ui.attention_tab import EXAMPLE
+from ui.logic.attention import EXAMPLE
 
 CHROMIUM = Path("/usr/bin/chromium")
 try:
@@ -36,6 +36,7 @@ TINY = MODEL == "tiny"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update"]
 WIDTH, HEIGHT = 1280, 900
+PHONE_WIDTH = 390
 TIMEOUT_MS = 60_000  # per wait: the cores may be shared with a training job
 PROMPT = "ROMEO:\nBut soft, what light"
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer."
@@ -137,10 +138,16 @@ def test_every_tab_in_a_real_browser(browser_page, tmp_path):
     page.get_by_label("Prompt", exact=True).fill(PROMPT)
     set_slider(page, "max new tokens", 60)
     page.get_by_role("button", name="Generate", exact=True).click()
+    stats = page.get_by_text(re.compile(r"finished: (length|end of text|stop)"))
+    expect(stats).to_be_visible()
+    view = page.locator("#generated-view")  # the prompt, then the generated part, told apart
+    expect(view).to_contain_text("ROMEO")
+    expect(view.get_by_text("prompt", exact=True).first).to_be_visible()  # the legend names both parts
+    expect(view.get_by_text("generated", exact=True).first).to_be_visible()
+    page.get_by_text("Generated text only (to copy)").click()
     # This textbox has a copy button, and gradio then leaves its label unattached: find it by its block.
     output = page.locator(".block").filter(has=page.get_by_text("Generated text", exact=True)).locator("textarea")
     expect(output).to_have_value(re.compile(r"\S"))
-    stats = page.get_by_text(re.compile(r"finished: (length|end of text|stop)"))
     expect(stats).to_be_visible()
     n_generated = int(re.match(r"(\d+) tokens", stats.inner_text())[1])
     generated = output.input_value()
@@ -192,3 +199,36 @@ def test_every_tab_in_a_real_browser(browser_page, tmp_path):
     assert generated and not errors
     for name in ("generate", "attention", "probabilities", "finetune"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def test_a_model_that_cannot_be_had_leaves_the_page_usable(browser_page, offline):
+    """Offline, choosing a hub model says why it cannot be had; the picker goes back to the model in use,
+    its description stays, and nothing on the page is covered by error badges."""
+    page, errors = browser_page
+    picker = page.get_by_role("combobox", name="Model")
+    before = picker.input_value()
+    picker.click()
+    page.get_by_role("option", name=re.compile("gpt2-medium")).click()
+    expect(page.locator(".toast-body").filter(has_text="Cannot download")).to_be_visible()
+    expect(picker).to_have_value(before)
+    expect(page.get_by_text(re.compile(r"parameters · \d+ layers"))).to_be_visible()
+    wait_idle(page)
+    expect(page.locator('[data-testid="status-tracker"]').filter(has_text="Error")).to_have_count(0)
+    picker.click()  # still usable: the list opens again
+    expect(page.get_by_role("option", name=re.compile("gpt2-medium"))).to_be_visible()
+    assert not errors
+
+
+@pytest.mark.parametrize("tab", ["Generate", "Attention", "Probabilities", "Fine-tune"])
+def test_every_tab_is_usable_at_phone_width(browser_page, tab):
+    """At 390 px every tab's name is in the tab bar (none behind a "⋯" menu), and the tab's columns stack:
+    each, with the plots in it, takes the whole width instead of being squeezed beside another."""
+    page, errors = browser_page
+    page.set_viewport_size({"width": PHONE_WIDTH, "height": 800})
+    expect(page.get_by_role("button", name="More tabs")).to_be_hidden()
+    open_tab(page, tab)
+    panel = page.locator('[role="tabpanel"]').filter(visible=True)
+    widths = [box["width"] for box in (c.bounding_box() for c in panel.locator(".column").filter(visible=True).all())
+              if box and box["height"] > 0]
+    assert widths and min(widths) >= PHONE_WIDTH * 0.75, f"{tab}: columns {widths} px wide at {PHONE_WIDTH} px"
+    assert not errors

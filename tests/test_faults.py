@@ -43,10 +43,10 @@ import torch
 import gpt2
 import training
 import ui.models
-from training.lora import use_adapter, with_adapter
+from gpt2.lora import use_adapter, with_adapter
 from training.trainer import Trainer
-from ui import finetune_tab
-from ui.generate_tab import parse_params
+from ui.inputs import sampling
+from ui.logic import finetune as finetune_logic
 
 gradio_client = pytest.importorskip("gradio_client")
 AppError = gradio_client.exceptions.AppError
@@ -75,7 +75,7 @@ def client(served) -> gradio_client.Client:
 
 
 def generate(cl: gradio_client.Client, args: tuple = SAMPLED) -> str:
-    text, _stats = cl.predict(PROMPT, *args, api_name="/generate")
+    text, _stats, _view = cl.predict(PROMPT, *args, api_name="/generate")
     return text
 
 
@@ -229,20 +229,20 @@ class Kept:
 def kept(monkeypatch) -> list[Kept]:
     """Every fine-tuning result the app keeps as a session's model, in order."""
     results: list[Kept] = []
-    keep = finetune_tab.keep_result
+    keep = finetune_logic.keep_result
 
     def keep_and_note(session, key, adapter, model):
         keep(session, key, adapter, model)
         results.append(Kept(session, adapter, model))
 
-    monkeypatch.setattr(finetune_tab, "keep_result", keep_and_note)
+    monkeypatch.setattr(finetune_logic, "keep_result", keep_and_note)
     return results
 
 
 def library_text(served, adapter, args: tuple = SAMPLED) -> str:
     """What ``gpt2.generate`` makes with the shared base and ``adapter`` for /generate's inputs."""
     base = served.ctx.store.get(served.key)
-    params = parse_params(served.ctx.caps, *args)
+    params = sampling(*args, max_tokens=served.ctx.caps.max_new_tokens)
     return "".join(s.text for s in with_adapter(gpt2.generate(base, gpt2.encode(PROMPT), params), adapter))
 
 
@@ -280,8 +280,8 @@ def test_stop_mid_fine_tuning_keeps_a_complete_working_model(served, monkeypatch
     press_stop(cl)
     done = watched.items  # steps finished once the stop request is in
     t0 = time.monotonic()
-    _, progress, before, after, download = job.result(timeout=60)
-    assert time.monotonic() - t0 < 30  # the step in progress, the samples and the zip: not the whole run
+    _, progress, before, after, _ = job.result(timeout=60)
+    assert time.monotonic() - t0 < 30  # the step in progress and the samples (no zip): not the whole run
     stopped_at = step_of(progress)
     assert f"Stopped at step {stopped_at} of {steps}" in progress and "is kept" in progress
     # the step in progress, and the next if the previous one had checked for a stop just before (it evaluates
@@ -289,7 +289,7 @@ def test_stop_mid_fine_tuning_keeps_a_complete_working_model(served, monkeypatch
     assert pressed <= stopped_at <= done + 2 < steps
     assert before and after and before != after
     assert len(kept) == 1
-    assert_complete_model(served, kept[0], cl, download, tmp_path)
+    assert_complete_model(served, kept[0], cl, cl.predict(api_name="/download_finetuned"), tmp_path)
     assert generate(cl) != base_text
     assert generate(other) == base_text  # the shared base is untouched
 
@@ -381,14 +381,14 @@ def test_nan_during_fine_tuning_stops_the_run_and_says_so(served, monkeypatch, k
 
     monkeypatch.setattr(Trainer, "_loss_sum", nan_on_third_step)
     cl = client(served)
-    fig, progress, before, after, download = cl.predict(*finetune_args(TEXT_A, 6), api_name="/finetune")
+    fig, progress, before, after, _ = cl.predict(*finetune_args(TEXT_A, 6), api_name="/finetune")
     assert len(training_batches) == 3  # the run stopped at the NaN
     assert re.search(r"(?i)not finite at step 3\b.*stopped", progress), progress
     assert "lower learning rate" in progress and "What it learned before that step is kept" in progress
     train = next(t for t in json.loads(fig["plot"])["data"] if t["name"] == "train")
     assert plot_values(train["x"]) == [1, 2] and all(math.isfinite(v) for v in plot_values(train["y"]))
     assert len(kept) == 1 and after and after != before
-    assert_complete_model(served, kept[0], cl, download, tmp_path)
+    assert_complete_model(served, kept[0], cl, cl.predict(api_name="/download_finetuned"), tmp_path)
     assert generate(other) == base_text
 
 

@@ -81,7 +81,7 @@ def test_no_tokens_gives_an_empty_figure_that_says_so(name):
     fig.to_json()
 
 
-@pytest.mark.parametrize("name", ["attention_heatmap", "token_focus", "surprisal_chart", "logit_lens_heatmap"])
+@pytest.mark.parametrize("name", ["attention_heatmap", "token_focus"])
 def test_repeated_tokens_stay_distinct_on_the_axis(name):
     fig = ALL_FIGURES[name]()
     names = axis_names(fig)
@@ -96,10 +96,20 @@ def test_token_markup_is_escaped_in_labels():
     assert axis_names(fig) == ["0:&lt;b&gt;", "1:&amp;", "2:x"]  # plotly decodes entities when drawing
 
 
-def test_long_texts_get_smaller_tick_font():
-    short = figures.attention_heatmap(random_patterns(t=8), ["a"] * 8)
-    long = figures.attention_heatmap(random_patterns(t=100), ["a"] * 100)
-    assert long.layout.xaxis.tickfont.size < short.layout.xaxis.tickfont.size
+@pytest.mark.parametrize("build", [
+    lambda t: figures.attention_heatmap(random_patterns(t=t), ["a"] * t),
+    lambda t: figures.token_focus(random_patterns(t // 2, 2, t=3), ["a"] * 3, query=2),  # t rows of layer, head
+])
+def test_attention_figures_grow_to_label_every_row_in_a_readable_font(build):
+    sizes = {t: build(t) for t in (8, 40, 89, 96, 300)}
+    for fig in sizes.values():
+        assert fig.layout.xaxis.tickfont.size == fig.layout.yaxis.tickfont.size >= 11
+    heights = [fig.layout.height for fig in sizes.values()]
+    assert heights == sorted(heights) and heights[-1] == heights[-2]  # capped past _EVERY_TOKEN rows
+    for t in (40, 89, 96):  # plotly labels every category row that has round(1.2 × font size) pixels
+        plot_px = sizes[t].layout.height - figures._ATTN_CHROME_PX
+        assert plot_px >= t * round(1.2 * figures._TOKEN_FONT)
+    assert sizes[8].layout.height >= 500  # a few tokens: still a square-ish plot at phone width
 
 
 # ---- attention -------------------------------------------------------------------------------------
@@ -117,6 +127,33 @@ def test_attention_heatmap_shows_the_pattern_queries_top_down():
     assert trace.hovertemplate.startswith("%{y} → %{x}: %{z")  # query token → key token: weight
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0, 1)
     assert fig.layout.title.text == "L2 H5"
+
+
+@pytest.mark.parametrize("name", ["attention_heatmap", "attention_grid", "token_focus"])
+def test_attention_colours_fitted_to_the_data_or_zero_to_one_with_the_bar_below(name):
+    t, labels = 30, [f"t{i}" for i in range(30)]  # long enough that the first queries' weights near 1 are rare
+    build = {"attention_heatmap": lambda **kw: figures.attention_heatmap(random_patterns(t=t), labels, **kw),
+             "attention_grid": lambda **kw: figures.attention_grid(random_patterns(3, t=t), labels, layer=0, **kw),
+             "token_focus": lambda **kw: figures.token_focus(random_patterns(2, 3, t=t), labels, query=t - 1, **kw),
+             }[name]
+    fig = build(zmax=None)  # fitted: 0 to the 99th percentile of the weights (a causal map's zeros left out)
+    weights = np.concatenate([np.ravel(trace.z) for trace in fig.data])
+    top = np.quantile(weights[weights > 0], 0.99)
+    assert fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == pytest.approx(top) and top < 1
+    assert f"0 to {top:.2g}+" in fig.layout.coloraxis.colorbar.title.text  # the bar says it was fitted, to what
+    assert build().layout.coloraxis.cmax == build(zmax=1).layout.coloraxis.cmax == 1
+    bar = fig.layout.coloraxis.colorbar
+    assert (bar.orientation, bar.yref, bar.y, bar.yanchor) == ("h", "container", 0, "bottom")  # under the plot
+    assert fig.layout.margin.b >= 60  # room for it
+
+
+def test_attention_positions_start_at_first():
+    heat = figures.attention_heatmap(random_patterns(), LABELS, first=40)
+    assert axis_names(heat)[:2] == axis_names(heat, "y")[:2] == ["40:The", "41:␣cat"]
+    grid = figures.attention_grid(random_patterns(2), LABELS, layer=0, first=40)
+    assert all(list(trace.y)[-1] == f"{40 + T - 1}:↵" for trace in grid.data)
+    focus = figures.token_focus(random_patterns(1, 2), LABELS, query=4, first=40)
+    assert axis_names(focus)[-1] == "44:␣the" and "44:␣the" in focus.layout.title.text
 
 
 def test_attention_heatmap_rejects_mismatched_labels():
@@ -202,6 +239,12 @@ def test_candidates_bar_one_bar_per_stage_and_the_chosen_marked(chosen):
         assert names[chosen].startswith("<b>") and labels[chosen] in names[chosen]
     assert "1. ␣the" in names[0] and fig.layout.yaxis.autorange == "reversed"  # most likely on top
     assert fig.layout.barmode == "group"
+    assert_legend_below(fig)
+
+
+def assert_legend_below(fig: go.Figure) -> None:
+    """Beside the plot a legend squeezed it to ~90 px on a phone; below, the plot keeps the full width."""
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
 
 
 def test_candidates_bar_rejects_bad_input():
@@ -216,17 +259,33 @@ def test_candidates_bar_rejects_bad_input():
 # ---- scores ----------------------------------------------------------------------------------------
 
 
-def test_surprisal_chart_two_lines_over_tokens_in_nats():
+def test_surprisal_chart_bars_and_entropy_over_token_rows_in_nats():
     surprisal, entropy = np.linspace(0, 5, T), np.linspace(3, 1, T)
     fig = figures.surprisal_chart(LABELS, surprisal, entropy)
-    assert [t.type for t in fig.data] == ["scatter", "scatter"]
-    assert [t.name for t in fig.data] == ["surprisal −ln p", "entropy"]
-    np.testing.assert_array_equal(fig.data[0].y, surprisal)
-    np.testing.assert_array_equal(fig.data[1].y, entropy)
-    assert list(fig.data[1].x) == axis_names(fig)
-    assert "nats" in fig.layout.yaxis.title.text
+    assert [(t.type, t.name) for t in fig.data] == [("bar", "surprisal −ln p"), ("scatter", "entropy")]
+    np.testing.assert_array_equal(fig.data[0].x, surprisal)
+    np.testing.assert_array_equal(fig.data[1].x, entropy)
+    assert list(fig.data[1].y) == list(fig.data[0].y) == [f"{i}:{label}" for i, label in enumerate(LABELS)]
+    assert fig.data[0].orientation == "h" and "nats" in fig.layout.xaxis.title.text
+    assert_legend_below(fig)
     with pytest.raises(ValueError, match="entropy"):
         figures.surprisal_chart(LABELS, surprisal, entropy[:-1])
+
+
+@pytest.mark.parametrize("name", ["surprisal_chart", "logit_lens_heatmap"])
+def test_token_rows_are_distinct_readable_and_read_top_down(name):
+    fig = ALL_FIGURES[name]()
+    names = list(fig.data[0].y)
+    assert len(set(names)) == len(names) and "1:␣cat" in names and "5:␣cat" in names  # never merged
+    axis = fig.layout.yaxis
+    assert axis.type == "category" and axis.autorange == "reversed"  # the first token on top, as in the text
+    assert axis.tickfont.size >= 11 and not axis.tickangle  # horizontal labels a phone can read
+
+
+@pytest.mark.parametrize("n", [7, 64, 100])
+def test_every_token_gets_a_row_tall_enough_for_its_label(n):
+    fig = figures.surprisal_chart([f"t{i}" for i in range(n)], np.ones(n), np.ones(n))
+    assert fig.layout.height >= n * 1.5 * fig.layout.yaxis.tickfont.size
 
 
 @pytest.mark.parametrize(("rank", "bucket"), [
@@ -249,23 +308,42 @@ def test_gltr_highlights_pair_texts_with_buckets_and_colors():
         figures.gltr_highlights(["a", "b"], np.array([1]))
 
 
-def test_logit_lens_rows_are_layers_with_the_last_on_top():
+def test_logit_lens_rows_are_tokens_and_columns_layers_with_the_last_on_the_right():
     top_labels, top_probs = lens_record(n_layer=3)
     fig = figures.logit_lens_heatmap(LABELS, top_labels, top_probs)
-    (trace,) = fig.data
-    np.testing.assert_array_equal(trace.z, top_probs)
-    assert list(trace.y) == ["embed", "L0", "L1", "L2"]
-    assert fig.layout.yaxis.autorange is None  # categories run upward: the last layer is on top
-    assert [list(row) for row in trace.text] == top_labels
-    assert trace.texttemplate == "%{text}"  # few cells: labels drawn in them
-    assert "%{text}" in trace.hovertemplate
+    heat, cells = fig.data
+    np.testing.assert_array_equal(heat.z, top_probs.T)
+    assert list(heat.x) == ["embed", "L0", "L1", "L2"]
+    assert [list(row) for row in heat.text] == [list(col) for col in zip(*top_labels, strict=True)]
+    assert "%{text}" in heat.hovertemplate
+    # few cells: their labels drawn in them, one text point per cell, in the cell's row and column
+    assert cells.mode == "text" and cells.hoverinfo == "skip"
+    row_1_column_2 = list(zip(cells.x, cells.y, cells.text, strict=True))[1 * 4 + 2]
+    assert row_1_column_2 == ("L1", heat.y[1], top_labels[2][1])
 
 
-def test_logit_lens_long_text_keeps_labels_in_hover_only():
-    n = 200
-    top_labels, top_probs = lens_record(n_layer=12, t=n)
-    fig = figures.logit_lens_heatmap([f"t{i}" for i in range(n)], top_labels, top_probs)
-    assert fig.data[0].texttemplate is None and "%{text}" in fig.data[0].hovertemplate
+def test_logit_lens_positions_are_the_texts():
+    """The lens reads the last tokens of a text: its rows carry their positions in the whole text."""
+    top_labels, top_probs = lens_record()
+    fig = figures.logit_lens_heatmap(LABELS, top_labels, top_probs, first=40)
+    assert list(fig.data[0].y) == [f"{40 + i}:{label}" for i, label in enumerate(LABELS)]
+
+
+def test_logit_lens_cell_text_is_dark_on_light_cells_and_white_on_dark_ones():
+    top_labels = [["a", "b", "c"]] * 2
+    probs = np.array([[0.0, 0.5, 1.0], [1.0, 0.9, 0.05]])  # Viridis: purple, teal, yellow...
+    cells = figures.logit_lens_heatmap(["x", "y", "z"], top_labels, probs).data[1]
+    colors = dict(zip(zip(cells.y, cells.x, strict=True), cells.textfont.color, strict=True))
+    assert colors["0:x", "embed"] == "#ffffff" and colors["2:z", "embed"] == "#111111"  # purple, yellow
+    assert colors["2:z", "L0"] == "#ffffff" and colors["0:x", "L0"] == "#111111"
+    assert figures._luminance("rgb(253, 231, 37)") > 0.179 > figures._luminance("rgb(68, 1, 84)")
+
+
+def test_logit_lens_long_text_or_many_layers_keep_labels_in_hover_only():
+    for n, n_layer in ((200, 12), (20, 12)):
+        top_labels, top_probs = lens_record(n_layer=n_layer, t=n)
+        fig = figures.logit_lens_heatmap([f"t{i}" for i in range(n)], top_labels, top_probs)
+        assert len(fig.data) == 1 and "%{text}" in fig.data[0].hovertemplate
 
 
 def test_logit_lens_rejects_ragged_records():

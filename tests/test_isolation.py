@@ -10,7 +10,7 @@ depend only on the trainer's seed and s, and the tiny model has no dropout.
 The app trains one run at a time (the /finetune event has ``concurrency_limit=1``), so of two runs
 started together one waits in the queue while the other trains; generation is not in that queue, so
 C's base-model generations and the first-finished client's fine-tuned generations run during the other
-client's training. (Two runs training in the very same moment: test_finetune_tab.py, on the handlers.)
+client's training. (Two runs training in the very same moment: test_logic_finetune.py, on the logic.)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def client(served) -> gradio_client.Client:
 
 
 def generate(cl: gradio_client.Client) -> str:
-    text, _stats = cl.predict(PROMPT, *SAMPLED, api_name="/generate")
+    text, _stats, _view = cl.predict(PROMPT, *SAMPLED, api_name="/generate")
     return text
 
 
@@ -75,25 +75,26 @@ def test_concurrent_fine_tunes_match_lone_runs_and_leave_the_base_alone(served):
             if job.done() and name not in tuned:  # the other run may still be training
                 tuned[name] = generate(clients[name])
     results = {name: job.result() for name, job in jobs.items()}
+    downloads = {name: cl.predict(api_name="/download_finetuned") for name, cl in clients.items()}
     for name, cl in clients.items():
         tuned.setdefault(name, generate(cl))
         assert "Finished all 4 steps" in results[name][1]
 
     # Each alone: a fresh client runs the same fine-tune, with nobody else training.
-    lone_results, lone = {}, {}
+    lone_results, lone_downloads, lone = {}, {}, {}
     for name in TEXTS:
         solo = client(served)
         lone_results[name] = solo.predict(*finetune_args(name), api_name="/finetune")
+        lone_downloads[name] = solo.predict(api_name="/download_finetuned")
         lone[name] = generate(solo)
 
     assert tuned == lone  # same seed: what each would have generated alone
     for name in TEXTS:
-        (_, _, before, after, download), (_, _, lone_before, lone_after, lone_download) = (
-            results[name], lone_results[name])
+        (_, _, before, after, _), (_, _, lone_before, lone_after, _) = results[name], lone_results[name]
         assert (before, after) == (lone_before, lone_after)  # the run's own before/after samples too
-        assert same_weights(weights(download), weights(lone_download))  # and the very same model
+        assert same_weights(weights(downloads[name]), weights(lone_downloads[name]))  # and the very same model
     assert tuned["a"] != tuned["b"] and base not in tuned.values()
-    assert not same_weights(weights(results["a"][4]), weights(results["b"][4]))
+    assert not same_weights(weights(downloads["a"]), weights(downloads["b"]))
 
     assert during and set(during) == {base}  # C's base model while the others trained
     assert generate(c) == base and generate(client(served)) == base  # and after

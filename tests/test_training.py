@@ -217,6 +217,8 @@ def test_run_directory(text, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "training_log.json", "training_args.json", "loss.html",
             "last"} <= names
+    assert not [n for n in names if n.startswith(".")]  # atomic writes leave no temporaries behind
+    assert not [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]  # nor does the cache
     assert {p.name for p in (out / "last").iterdir()} == {"config.json", "model.safetensors",
                                                           "trainer_state.safetensors", "trainer_state.json"}
     best = GPT2.from_pretrained(out)

@@ -42,7 +42,7 @@ def test_tokens_are_cached(tmp_path, cache, monkeypatch):
     def boom(*args):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr("training.data._tokenize", boom)
+    monkeypatch.setattr("training.tokens._tokenize", boom)
     np.testing.assert_array_equal(tokenize_file(path, cache_dir=cache).ids, first.ids)
     path.write_text(words() + "changed")  # new content, new key
     with pytest.raises(AssertionError, match="tokenized again"):

@@ -150,3 +150,14 @@ def test_config_validation():
         LoRAConfig(rank=0)
     assert LoRAConfig(targets="mlp.c_fc").targets == ("mlp.c_fc",)
     assert LoRAConfig().targets == TARGETS and LoRAConfig(rank=8, alpha=16).scale == 2.0
+
+
+def test_inference_half_lives_in_gpt2():
+    """Applying adapters needs only ``gpt2``; ``training`` re-exports the same objects."""
+    import gpt2
+    import gpt2.lora
+    import training.lora
+
+    for name in ("LoRAAdapter", "LoRAConfig", "LoRALinear", "install_lora", "merge_lora", "use_adapter",
+                 "with_adapter"):
+        assert getattr(training.lora, name) is getattr(gpt2.lora, name) is getattr(gpt2, name)

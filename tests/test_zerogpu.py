@@ -19,13 +19,17 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import drain
+from conftest import make_ctx as app_context
 
 import gpt2
-from ui import attention_tab, gpu, probabilities_tab
-from ui import finetune_tab as ft
-from ui.context import AppContext, Caps
-from ui.generate_tab import stream
-from ui.models import ModelStore, catalog
+from ui import gpu
+from ui.context import AppContext
+from ui.inputs import UserError
+from ui.logic import attention as attention_logic
+from ui.logic import finetune as ft
+from ui.logic import probabilities
+from ui.logic.generate import stream
 
 FORK = multiprocessing.get_context("fork")
 TEXT = " ".join(f"The cat number {i} sat on the mat." for i in range(60))
@@ -96,8 +100,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_ctx(model_dir: str) -> AppContext:
-    caps = Caps(max_train_steps=20, max_new_tokens=12, max_train_seconds=60)
-    return AppContext(ModelStore(catalog(extra=model_dir)), default_key=model_dir, caps=caps)
+    return app_context(model_dir, max_train_steps=20, max_new_tokens=12, max_train_seconds=60)
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +157,12 @@ def test_closing_a_stream_ends_its_worker(remote):
 def test_inspection_tabs_in_a_worker_equal_local(remote, local):
     figures = []
     for ctx in (remote, local):
-        attention, _ = attention_tab.make_handlers(ctx)
-        fig, table, _, _ = attention(TEXT[:80], "text", None, 1, 0, "one head", None, 0, None)
-        focus, _, _, _ = attention(TEXT[:80], "text", None, 1, 0, "token focus", 5, 0, None)
-        _, summary, surprisal, _ = probabilities_tab.text_probabilities(ctx, ctx.new_session(), TEXT[:80])
+        view = dict(text=TEXT[:80], source="text", record=None, layer=1, head=0, step=0)
+        fig, table, _ = attention_logic.attention(ctx, ctx.new_session(), **view, view="one head", query=None)
+        focus, _, _ = attention_logic.attention(ctx, ctx.new_session(), **view, view="token focus", query=5)
+        _, summary, surprisal, _ = probabilities.text_probabilities(ctx, ctx.new_session(), TEXT[:80])
         figures.append((np.asarray(fig.data[0].z), table, np.asarray(focus.data[0].z), summary,
-                        np.asarray(surprisal.data[0].y)))
+                        np.asarray(surprisal.data[0].x)))
     (z, table, focus, summary, surprisal), (z0, table0, focus0, summary0, surprisal0) = figures
     np.testing.assert_allclose(z, z0, atol=1e-6)
     np.testing.assert_allclose(focus, focus0, atol=1e-6)
@@ -174,14 +177,13 @@ def test_dropped_logits_are_recomputed_in_a_worker(remote):
         generated(remote, session)
     record = session.records[0]
     assert record.steps[0].logits is None
-    _, summary, kept = probabilities_tab.show_step(remote, session, record.id, 2, None, None, None, None)
+    _, summary, kept = probabilities.step_probabilities(remote, session, record.id, 2, None, None, None, None)
     assert "run again" in summary and kept.logits.shape == (50257,)
 
 
 def test_fine_tuning_in_a_worker_hands_the_result_back(remote, local, fake):
-    h = ft.make_handlers(remote)
-    outs = list(h.finetune(*FAST.values(), None))
-    session = outs[-1][-1]
+    session = remote.new_session()
+    outs = list(ft.finetune(remote, session, **FAST))
     assert "Finished all 4 steps" in outs[-1][1] and outs[-1][3]  # an "after" sample
     assert session.adapter is not None and session.use_finetuned
     assert all(p.device.type == "cpu" for p in session.adapter.parameters())  # it left the worker on the CPU
@@ -199,24 +201,23 @@ def test_fine_tuning_in_a_worker_hands_the_result_back(remote, local, fake):
 
 
 def test_full_fine_tuning_in_a_worker(remote):
-    h = ft.make_handlers(remote)
-    outs = list(h.finetune(*(FAST | {"mode": "full", "learning_rate": 1e-3}).values(), None))
-    session = outs[-1][-1]
+    session = remote.new_session()
+    drain(ft.finetune(remote, session, **(FAST | {"mode": "full", "learning_rate": 1e-3})))
     assert session.finetuned_model is not None and session.adapter is None and session.use_finetuned
     assert np.abs(first_logits(remote, session) - first_logits(remote, remote.new_session())).max() > 0.1
 
 
 def test_stop_reaches_training_in_a_worker(remote):
-    h = ft.make_handlers(remote)
+    session = remote.new_session()
     outs, pressed = [], False
-    for out in h.finetune(*(FAST | {"steps": 20}).values(), None):
+    for out in ft.finetune(remote, session, **(FAST | {"steps": 20})):
         outs.append(out)
         if not pressed and "**step" in out[1]:  # Stop pressed (in this process) once training runs
             pressed = True
-            presser = threading.Thread(target=out[-1].train_stop.set)
+            presser = threading.Thread(target=ft.stop, args=(remote, session))
             presser.start()
             presser.join()
-    assert "Stopped at step" in outs[-1][1] and outs[-1][-1].adapter is not None
+    assert "Stopped at step" in outs[-1][1] and session.adapter is not None
 
 
 def test_out_of_memory_in_a_worker_is_a_clear_message(remote, monkeypatch):
@@ -226,7 +227,7 @@ def test_out_of_memory_in_a_worker_is_a_clear_message(remote, monkeypatch):
     session = remote.new_session()
     with monkeypatch.context() as mp:
         mp.setattr(gpt2.GPT2, "forward", oom)  # the worker forks with this in place
-        with pytest.raises(gr.Error, match="ran out of memory.*Try a shorter text"):
+        with pytest.raises(UserError, match="ran out of memory.*Try a shorter text"):
             generated(remote, session)
     assert len(generated(remote, session)) == 10  # the next request works
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gpt2.files import write_file_atomically
+
 
 def loss_figure(records: Sequence[dict[str, Any]], title: str = "Training loss"):
     """Train loss per step and validation loss at each evaluation (nats per token)."""
@@ -24,9 +26,8 @@ def loss_figure(records: Sequence[dict[str, Any]], title: str = "Training loss")
 def write_loss_plot(records: Sequence[dict[str, Any]], path: str | Path, plotly_js: str = "inline",
                     title: str = "Training loss") -> Path:
     """Write ``path`` (HTML). ``plotly_js``: ``"inline"`` embeds plotly.js (about 4.7 MB, works
-    offline); ``"cdn"`` links it (a few KB, needs a connection to view)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    loss_figure(records, title).write_html(tmp, include_plotlyjs=True if plotly_js == "inline" else "cdn")
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
+    offline); ``"cdn"`` links it (a few KB, needs a connection to view). Atomic: a reader never sees
+    half a file."""
+    fig = loss_figure(records, title)
+    include = True if plotly_js == "inline" else "cdn"
+    return write_file_atomically(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=include))

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt2 import GPT2, GPTConfig
-from gpt2.weights import write_dir_atomically
+from gpt2.files import write_dir_atomically, write_file_atomically
 
 from . import distributed as dist
 from .data import PreparedData, prepare_data
@@ -311,9 +311,7 @@ def _write_model(model: GPT2, out: Path, dtype: torch.dtype) -> None:
 def _write_json(path: Path, obj: Any, one_per_line: bool = False) -> None:
     """Atomic write; ``one_per_line`` writes a list with one item per line (logs: compact, diffable)."""
     text = "[\n" + ",\n".join(json.dumps(x) for x in obj) + "\n]" if one_per_line else json.dumps(obj, indent=1)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    write_file_atomically(path, text + "\n")
 
 
 def _restore(out: Path, trainer: Trainer) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist
 from .data import IGNORE_INDEX, Batch, PreparedData
+from .lora import LoRAModel
 
 log = logging.getLogger(__name__)
 STOP_REASONS = ("done", "time", "stopped", "nan")  # why a run ended, on its last record
@@ -368,7 +369,5 @@ def train(model: nn.Module, data: PreparedData, config: TrainConfig, *, adapter=
     """Train ``model`` in place, or with ``adapter`` (a ``LoRAAdapter``) only the adapter, leaving
     ``model`` (then a frozen, shareable base) untouched and in eval mode. Yields ``StepRecord``s."""
     if adapter is not None:
-        from .lora import LoRAModel
-
         model = LoRAModel(model, adapter)
     yield from Trainer(model, data, config).run(stop_event)

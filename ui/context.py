@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import gradio as gr
-
 import gpt2
 
 from .gpu import Gpu, ModelRef
+from .inputs import UserError
 from .models import ModelStore
-from .session import Session
+from .session import GenerationRecord, Session
 
 
 def _env_int(name: str, default: int) -> int:
@@ -65,8 +64,20 @@ class AppContext:
         try:
             return self.store.get(key)
         except (KeyError, gpt2.CheckpointError) as e:
-            raise gr.Error(str(e)) from None
+            raise UserError(str(e)) from None
 
     def config(self, ref: ModelRef) -> gpt2.GPTConfig:
         """The configuration of a referenced model."""
         return ref.model.config if ref.model is not None else self.base(ref.key).config
+
+    def record_model(self, session: Session, record: GenerationRecord) -> tuple[ModelRef, str | None]:
+        """The model that made ``record``, as far as the session still has it, and a note when it is not
+        quite that model. The one policy for every tab: the session may have switched model or toggled
+        base/fine-tuned since; a fine-tuned model it no longer has is replaced by its base, and said so."""
+        if not record.finetuned:
+            return ModelRef(record.model_key), None
+        kept = session.adapter is not None or session.finetuned_model is not None
+        if kept and session.adapter_base == record.model_key:
+            return ModelRef(record.model_key, adapter=session.adapter, model=session.finetuned_model), None
+        return ModelRef(record.model_key), (f"Generation #{record.id} came from a fine-tuned {record.model_key} that "
+                                            "this session no longer has: showing its base model instead.")

@@ -19,15 +19,14 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import gradio as gr
 import torch
 
 import gpt2
+from gpt2.lora import LoRAAdapter, use_adapter, with_adapter
 from gpt2.weights import resolve_device_dtype
-from training.lora import LoRAAdapter, use_adapter, with_adapter
 
+from .inputs import UserError
 from .models import ModelStore
 
 try:  # present on Hugging Face Spaces; ``spaces.GPU`` returns the function unchanged off ZeroGPU hardware
@@ -58,24 +57,6 @@ class ModelRef:
     model: gpt2.GPT2 | None = None  # a full fine-tuned copy, used instead of the base
 
 
-class StopFlag:
-    """A stop request that a job in another process can see: a file in the session's private folder.
-    It also reads as set once that folder is gone (the session closed)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def set(self) -> None:
-        with contextlib.suppress(FileNotFoundError):  # the session is already gone: nothing to stop
-            self.path.touch()
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def is_set(self) -> bool:
-        return self.path.exists() or not self.path.parent.is_dir()
-
-
 @contextlib.contextmanager
 def _oom_as_message() -> Iterator[None]:
     try:
@@ -84,7 +65,15 @@ def _oom_as_message() -> Iterator[None]:
         log.warning("out of GPU memory in a request; the app goes on")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # give the memory of the failed request back to the next one
-        raise gr.Error(OOM_MESSAGE) from None
+        raise UserError(OOM_MESSAGE) from None
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A job's ``UserError``, sent back as a value: ZeroGPU passes only ``gr.Error`` exceptions on from its
+    worker (any other becomes a generic failure), and jobs know nothing of Gradio."""
+
+    message: str
 
 
 def _seconds(seconds: float, *args, **kwargs) -> float:
@@ -103,11 +92,13 @@ class Gpu:
 
     def call(self, job: Callable, ref: ModelRef, *args, seconds: float = CALL_SECONDS):
         """``job(model, *args)`` with ``ref``'s model (and adapter active); its result."""
-        return self._call(seconds, job, ref, *args)
+        return _raised(self._call(seconds, job, ref, *args))
 
     def iterate(self, job: Callable, ref: ModelRef, *args, seconds: float = CALL_SECONDS) -> Iterator:
         """``job(model, *args)``'s items as it yields them; closing this closes the job."""
-        return self._iterate(seconds, job, ref, *args)
+        with contextlib.closing(self._iterate(seconds, job, ref, *args)) as items:
+            for item in items:
+                yield _raised(item)
 
     def resolve(self, ref: ModelRef) -> tuple[gpt2.GPT2, LoRAAdapter | None]:
         """The model and adapter a ``ModelRef`` names, on this process's device (moved there in place:
@@ -117,17 +108,30 @@ class Gpu:
         try:
             model = self.store.get(ref.key)
         except (KeyError, gpt2.CheckpointError) as e:
-            raise gr.Error(str(e)) from None
+            raise UserError(str(e)) from None
         return model, ref.adapter.to(model.device) if ref.adapter is not None else None
 
     def _run_call(self, seconds: float, job: Callable, ref: ModelRef, *args):
-        with _oom_as_message():
-            model, adapter = self.resolve(ref)
-            with use_adapter(adapter):
-                return job(model, *args)
+        try:
+            with _oom_as_message():
+                model, adapter = self.resolve(ref)
+                with use_adapter(adapter):
+                    return job(model, *args)
+        except UserError as e:
+            return _Refused(str(e))
 
     def _run_iterate(self, seconds: float, job: Callable, ref: ModelRef, *args) -> Iterator:
-        with _oom_as_message():
-            model, adapter = self.resolve(ref)
-            with contextlib.closing(with_adapter(job(model, *args), adapter)) as items:
-                yield from items
+        try:
+            with _oom_as_message():
+                model, adapter = self.resolve(ref)
+                with contextlib.closing(with_adapter(job(model, *args), adapter)) as items:
+                    yield from items
+        except UserError as e:
+            yield _Refused(str(e))
+
+
+def _raised(item):
+    """A job's item, or its refusal raised again in this process."""
+    if isinstance(item, _Refused):
+        raise UserError(item.message)
+    return item

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gpt2
+from gpt2.lora import install_lora
 from gpt2.weights import CONFIG_FILE, HUB_MODELS, WEIGHTS_FILE, restore_interrupted_save
-from training.lora import install_lora
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,22 @@ def catalog(extra: str | None = None) -> dict[str, Entry]:
             if (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file():
                 tag = "bundled" if d.name == BUNDLED else "local"
                 entries[d.name] = Entry(d.name, f"{d.name} ({tag})", str(d))
-    if extra and extra not in entries and extra not in HUB_MODELS:
+    if extra and key_for(entries, extra) is None and extra not in HUB_MODELS:
         entries[extra] = Entry(extra, f"{Path(extra).name or extra} (--model)", extra)
     for name in HUB_MODELS:
         entries[name] = Entry(name, f"{name} (Hugging Face Hub)", name)
     return entries
+
+
+def key_for(entries: dict[str, Entry], model: str) -> str | None:
+    """The catalogue key of ``model``: a key itself, or a directory that an entry already offers (however
+    the path is written: ``checkpoints/NAME``, ``./checkpoints/NAME/``, absolute). None if not offered."""
+    if model in entries:
+        return model
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return None
+    return next((k for k, e in entries.items() if Path(e.source).is_dir() and Path(e.source).samefile(path)), None)
 
 
 class ModelStore:

@@ -3,6 +3,7 @@ its stop control. Nothing here is shared between sessions; the base models are (
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import tempfile
 import threading
@@ -14,11 +15,39 @@ import numpy as np
 
 import gpt2
 
-from .gpu import StopFlag
-
 MAX_RECORDS = 8  # generations a session keeps for the other tabs
 LOGIT_RECORDS = 2  # of those, how many keep per-step logits (vocab floats per step: the big part)
 _ids = itertools.count(1)
+
+
+class StopFlag:
+    """A stop request that a job in another process can see: a file in the session's private folder.
+    It also reads as set once that folder is gone (the session closed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def set(self) -> None:
+        with contextlib.suppress(FileNotFoundError):  # the session is already gone: nothing to stop
+            self.path.touch()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def is_set(self) -> bool:
+        return self.path.exists() or not self.path.parent.is_dir()
+
+
+def _words(text: str, limit: int, from_end: bool = False) -> str:
+    """At most about ``limit`` characters of ``text`` on one line, cut between words, with an ellipsis."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    if from_end:
+        cut = text[-limit:]
+        return "…" + (cut.split(" ", 1)[1] if " " in cut[1:] else cut)
+    cut = text[:limit]
+    return (cut.rsplit(" ", 1)[0] if " " in cut[:-1] else cut) + "…"
 
 
 @dataclass
@@ -37,9 +66,14 @@ class GenerationRecord:
 
     @property
     def label(self) -> str:
-        snippet = gpt2.get_tokenizer().decode(self.prompt_ids[-8:]).replace("\n", " ")
-        tag = " (fine-tuned)" if self.finetuned else ""
-        return f"#{self.id} {self.model_key}{tag}: …{snippet[-30:]} +{len(self.token_ids)} tokens"
+        """How pickers list it: id, size and settings first (never cut off), then where the text starts
+        and how the continuation begins, each cut at a word."""
+        decode = gpt2.get_tokenizer().decode
+        prompt = _words(decode(self.prompt_ids), 24, from_end=True) or "(empty prompt)"
+        start = _words(decode(self.token_ids[:12]), 24)
+        tag = ", fine-tuned" if self.finetuned else ""
+        return (f"#{self.id} · {len(self.token_ids)} tokens · T {self.params.temperature:g} · "
+                f"{self.model_key}{tag} · {prompt} → {start}")
 
     def context_ids(self, step: int) -> np.ndarray:
         """Ids the model had seen when it chose token ``step`` (for the repetition penalty)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from ui import widgets
+from ui.layout import widgets
 
 
 def test_slider_names_itself_and_the_range():

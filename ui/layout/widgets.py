@@ -11,6 +11,7 @@ component; the page's own widgets never send out-of-range values, API callers me
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -67,3 +68,29 @@ def dropdown(*args, **kwargs) -> gr.Dropdown:
     """A ``gr.Dropdown`` whose choice check names it and the choices."""
     d = gr.Dropdown(*args, **kwargs)
     return _labelled(d, _not_a_choice(d))
+
+
+@dataclass
+class SamplerWidgets:
+    """The four sampler sliders (Generate's A and B settings, Probabilities' "what if")."""
+
+    temperature: gr.Slider
+    top_k: gr.Slider
+    top_p: gr.Slider
+    repetition_penalty: gr.Slider
+
+    def inputs(self, suffix: str = "") -> dict[str, gr.Slider]:
+        """The sliders by parameter name (``suffix`` "_b": ``temperature_b``...)."""
+        return {f"{name}{suffix}": getattr(self, name) for name in ("temperature", "top_k", "top_p",
+                                                                      "repetition_penalty")}
+
+
+def sampler_widgets(temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0, penalty: float = 1.0,
+                    suffix: str = "") -> SamplerWidgets:
+    """Sliders for the sampler settings; ``suffix`` is added to their labels (" B")."""
+    return SamplerWidgets(
+        slider(0, 2, value=temperature, step=0.05, label=f"temperature{suffix}", info="0 = greedy"),
+        slider(0, 200, value=top_k, step=1, label=f"top-k{suffix}", info="0 = off"),
+        slider(0, 1, value=top_p, step=0.01, label=f"top-p{suffix}", info="1 = off"),
+        slider(0.5, 2, value=penalty, step=0.05, label=f"repetition penalty{suffix}", info="1 = off"),
+    )

@@ -1,0 +1,150 @@
+"""Every widget and API value is parsed and checked here, once. No Gradio: tab logic calls these with
+plain values, and a bad one raises ``UserError`` whose message names the input and what is allowed
+(``ui.layout.wiring`` shows it to the user as a ``gr.Error``).
+
+Widgets send floats for whole numbers (40.0), API callers send anything (text, NaN, 1e300): every
+parser here accepts the first and refuses the rest with a message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import gpt2
+
+
+class UserError(Exception):
+    """A request that cannot be served as asked; the message says what to do instead."""
+
+
+MAX_STOPS, MAX_STOP_CHARS = 16, 100  # each stop sequence is checked after every token
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def number(name: str, value, low: float = -math.inf, high: float = math.inf, allowed: str = "") -> float:
+    """A finite number in ``[low, high]``; ``allowed`` replaces the default description of the range."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        x = math.nan
+    if not (math.isfinite(x) and low <= x <= high):
+        raise UserError(f"{name} must be {allowed or _range('a number', low, high)}; got {value!r}.")
+    return x
+
+
+def integer(name: str, value, low: float = -math.inf, high: float = math.inf, allowed: str = "") -> int:
+    """A whole number in ``[low, high]`` (40.0 is 40; 2.5, NaN and text are refused)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        x = math.nan
+    if not (math.isfinite(x) and x == int(x) and low <= x <= high):
+        raise UserError(f"{name} must be {allowed or _range('a whole number', low, high)}; got {value!r}.")
+    return int(x)
+
+
+def _range(kind: str, low: float, high: float) -> str:
+    if math.isinf(low) and math.isinf(high):
+        return kind
+    if math.isinf(high):
+        return f"{kind}, {low:g} or more"
+    if math.isinf(low):
+        return f"{kind}, at most {high:g}"
+    return f"{kind} from {low:g} to {high:g}"
+
+
+def _positive(name: str, value, allowed: str) -> float:
+    x = number(name, value, allowed=allowed)
+    if x <= 0:
+        raise UserError(f"{name} must be {allowed}; got {value!r}.")
+    return x
+
+
+def index(name: str, value, n: int, why: str) -> int:
+    """A whole number in ``0..n-1`` (a layer, a head, a step); ``why`` says where ``n`` comes from."""
+    return integer(name, value, 0, n - 1, f"a whole number from 0 to {n - 1} ({why})")
+
+
+def choice(name: str, value, choices: Sequence[str]) -> str:
+    """One of ``choices``, matched without regard to case or surrounding spaces."""
+    by_key = {c.lower(): c for c in choices}
+    found = by_key.get(str(value).strip().lower()) if isinstance(value, str) else None
+    if found is None:
+        raise UserError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+    return found
+
+
+def seed(name: str, value) -> int | None:
+    """A seed: blank or -1 means random (None); else a whole number from 0 to 2**63 - 1."""
+    if value is None or value == "" or value == -1:
+        return None
+    return integer(name, value, 0, 2**63 - 1, "a whole number from 0 to 2**63 - 1, or blank (or -1) for random")
+
+
+LATEST = "latest"  # the record pickers' first choice: the newest generation, following new ones
+
+
+def record_id(value) -> int | None:
+    """A generation's id as a picker or an API caller sends it; None, "" or ``LATEST`` mean the latest."""
+    if value is None or value == "" or value == LATEST:
+        return None
+    return integer("record", value, 1, allowed="a generation id from the list (a whole number), or empty (or "
+                                               f"{LATEST!r}) for the latest")
+
+
+def clean_text(text: str | None) -> str:
+    """Text as typed: None is empty, lone surrogates (which UTF-8 cannot encode) become U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text or "")
+
+
+def prompt_ids(text: str | None, max_chars: int, block_size: int) -> tuple[list[int], str | None]:
+    """A prompt as token ids, cropped from the left to ``max_chars`` characters (before tokenizing, so
+    megabytes stay fast) and to the model's context, with a notice when cropped. An empty prompt gives
+    no ids: ``gpt2.generate`` starts it from ``<|endoftext|>`` (see ``model_input``)."""
+    text = clean_text(text)
+    notice = None
+    if len(text) > max_chars:
+        text = text[-max_chars:]
+        notice = f"Prompt cropped to its last {max_chars} characters."
+    ids = gpt2.encode(text)
+    if len(ids) > block_size:
+        notice = f"Prompt cropped to its last {block_size} tokens (the model's context)."
+        ids = ids[-block_size:]
+    return ids, notice
+
+
+def model_input(ids: list[int]) -> list[int]:
+    """What the model reads for a prompt: an empty prompt is ``<|endoftext|>``, as in ``gpt2.generate``."""
+    return ids or [gpt2.EOT_ID]
+
+
+def stops(text: str | None) -> tuple[str, ...]:
+    """Stop sequences, one per line; ``\\n`` and ``\\t`` typed in a line mean newline and tab."""
+    found = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in (text or "").splitlines() if s)
+    if len(found) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in found):
+        raise UserError(f"stop must be at most {MAX_STOPS} sequences (one per line) of at most {MAX_STOP_CHARS} "
+                        f"characters each; got {len(found)}, the longest {max(map(len, found))} characters.")
+    return found
+
+
+def sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed_value=None, stop=None, *,
+             max_tokens: int, suffix: str = "") -> gpt2.SamplingParams:
+    """Sampler settings from widget or API values. ``max_tokens`` is the server's cap on new tokens;
+    ``suffix`` is added to each name (``"_b"``: the second settings of /compare)."""
+    s = suffix
+    params = dict(
+        max_new_tokens=integer("max_new_tokens", max_new_tokens, 1, max_tokens,
+                               f"a whole number from 1 to {max_tokens} (this server's limit)"),
+        temperature=number(f"temperature{s}", temperature, 0, allowed="a number, 0 or more (0 = greedy)"),
+        top_k=integer(f"top_k{s}", top_k, 0, allowed="a whole number, 0 or more (0 = off)"),
+        top_p=number(f"top_p{s}", top_p, 0, 1, "a number from 0 to 1 (1 = off)"),
+        repetition_penalty=_positive(f"repetition_penalty{s}", repetition_penalty, "a number above 0 (1 = off)"),
+        seed=seed("seed", seed_value),
+        stop=stops(stop),
+    )
+    try:
+        return gpt2.SamplingParams(**params)
+    except ValueError as e:  # what only SamplingParams knows (e.g. a penalty of 0)
+        raise UserError(str(e)) from None

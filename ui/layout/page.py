@@ -1,0 +1,133 @@
+"""The page: a header with the model picker, then one tab per entry of ``TABS``.
+
+Adding a tab: write its logic in ``ui/logic/NAME.py`` (plain functions, tested directly), its layout in
+``ui/layout/NAME.py`` (a ``build(page)`` that creates widgets and wires them with ``page.wire.on``), and
+add one ``Tab`` line below. Links to other tabs go through ``page.links``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from .. import memory
+from ..context import AppContext
+from ..logic import header
+from ..session import Session
+from . import attention, finetune, generate, probabilities, widgets
+from .links import MODEL_CHANGED, Links, tab_selected
+from .wiring import Wiring
+
+INTRO = """# GPT-2 Playground
+See how a GPT-2 language model thinks: **generate** text, look at where each token **attends**, see the
+**probabilities** behind every choice, and **fine-tune** it on your own text, all in the browser."""
+
+
+# Phone widths (390 px): every tab's name stays in the tab bar (Gradio moves names that do not fit into a
+# "⋯" menu, measuring them with these same styles), and plots get the whole width.
+CSS = """
+@media (max-width: 480px) {
+  .tab-wrapper .tab-container button { padding: 0 7px !important; font-size: 14px !important; }
+  .gradio-container { padding-left: 6px !important; padding-right: 6px !important; }
+}
+"""
+
+
+@dataclass
+class Page:
+    """What every tab's ``build`` gets: the server's context, the session state, the wiring adapter and
+    the links between tabs."""
+
+    ctx: AppContext
+    state: gr.State
+    wire: Wiring
+    links: Links
+
+
+@dataclass(frozen=True)
+class Tab:
+    title: str
+    id: str
+    build: Callable[[Page], None]
+
+
+TABS = (
+    Tab("Generate", "generate", generate.build),
+    Tab("Attention", "attention", attention.build),
+    Tab("Probabilities", "probabilities", probabilities.build),
+    Tab("Fine-tune", "finetune", finetune.build),
+)
+
+
+def _close(session: Session | None) -> None:
+    if isinstance(session, Session):
+        session.close()
+        memory.trim()
+
+
+def build_demo(ctx: AppContext) -> gr.Blocks:
+    """The whole app; every tab gets the same ``Page``."""
+    with gr.Blocks(title="GPT-2 Playground", delete_cache=(600, 3600)) as demo:  # drop old served files
+        state = gr.State(None, time_to_live=ctx.caps.session_ttl_s, delete_callback=_close)
+        page = Page(ctx, state, Wiring(ctx, state), Links())
+        gr.Markdown(INTRO)
+        build_header(page)
+        with gr.Tabs() as tabs:
+            for tab in TABS:
+                with gr.Tab(tab.title, id=tab.id) as opened:
+                    tab.build(page)
+                page.links.emit(tab_selected(tab.id), opened.select)
+        page.links.connect(tabs)
+
+        def page_closed(request: gr.Request) -> None:
+            """The page went away: stop its work and free its session now. (Gradio keeps a closed page's
+            state for an hour, in case it comes back; the fine-tuned model and records are the big part.)"""
+            session_state = demo.state_holder.session_data.get(request.session_hash)
+            if session_state is not None:
+                _close(session_state.state_data.get(state._id))
+
+        demo.unload(page_closed)
+    return demo
+
+
+def build_header(page: Page) -> None:
+    """The model picker, the base/fine-tuned switch and the model's description."""
+    ctx = page.ctx
+    with gr.Row(equal_height=True):
+        picker = widgets.dropdown([(e.label, e.key) for e in ctx.store.entries.values()], value=ctx.default_key,
+                                  label="Model", scale=2, min_width=260)
+        use_finetuned = gr.Checkbox(False, label="use my fine-tuned model",
+                                    info="after fine-tuning; off = the base model", scale=1, min_width=200)
+        info = gr.Markdown(header.model_info(ctx.default_key, ctx.store.get(ctx.default_key)), label="model details")
+    load_api = gr.Button(visible=False)  # /load_model's trigger: API callers get an error, the page a message
+
+    def switch(ctx, session, model):
+        """Load one of the offered models for this session; a failure is a message, never a broken page."""
+        for s in header.switch_model(ctx, session, model):
+            if s.error:
+                gr.Warning(s.error)
+            yield s.info, s.picker, s.finetuned
+
+    def toggle(ctx, session, value):
+        value, message = header.use_finetuned(session, value)
+        if message:
+            gr.Warning(message)
+        return value
+
+    def sync(ctx, session):
+        """After a fine-tune or a model switch: the switch and the description follow the session."""
+        return session.use_finetuned, header.model_info(session.model_key, ctx.store.get(session.model_key))
+
+    switched = page.wire.on(picker.select, switch, {"model": picker}, [info, picker, use_finetuned],
+                            concurrency_limit=1, concurrency_id="load")
+    page.wire.on(load_api.click, header.load_model, {"model": picker},
+                 [info], api_name="load_model", concurrency_limit=1, concurrency_id="load")
+    # Queued (not queue=False) so its warning reaches the page; never behind a training run.
+    toggled = page.wire.on(use_finetuned.input, toggle, {"value": use_finetuned}, [use_finetuned],
+                           concurrency_limit=None)
+    page.links.emit(MODEL_CHANGED, switched.then)
+    page.links.emit(MODEL_CHANGED, toggled.then)
+    page.links.follow(MODEL_CHANGED, lambda listener: page.wire.on(listener, sync, {}, [use_finetuned, info],
+                                                                   queue=False))

@@ -1,0 +1,99 @@
+"""The Probabilities tab's layout: a generation step by step (its candidates through the sampler stages,
+with "what if" sliders) and any text's token ranks, surprisal and logit lens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from .. import inputs
+from ..figures import GLTR_COLORS
+from ..logic import probabilities as logic
+from ..logic import records
+from . import widgets
+from .links import GENERATED, open_tab
+
+MIN_WIDTH = 300  # a column never narrower: on a phone the columns stack, each plot full width
+STEP_INTRO = ("### A generation, step by step\nThe top candidates for each generated token, raw and after each "
+              "sampler stage (repetition penalty → temperature → top-k → top-p); ▶ marks the chosen token. Move a "
+              "slider to see what other settings would have done: the model is not run again.")
+TEXT_INTRO = ("### Any text\nEach token coloured by the rank the model gave it (GLTR: top-10, top-100, top-1000, "
+              "beyond), its surprisal and the entropy it met, and a logit lens.")
+
+
+@dataclass
+class StepView:
+    picker: gr.Dropdown
+    step: gr.Slider
+    sampler: widgets.SamplerWidgets
+    show: gr.Button
+    reset: gr.Button
+    candidates: gr.Plot
+    info: gr.Markdown
+    kept: gr.State  # logic.KeptLogits of the last recomputed step (older records drop their logits)
+
+
+def build(page) -> None:
+    """Lay out the tab and wire it (see ``ui.layout.page``)."""
+    view = _step_view(page)
+    _wire_steps(page, view)
+    _text_section(page, view.picker)
+
+
+def _step_view(page) -> StepView:
+    gr.Markdown(STEP_INTRO)
+    with gr.Row():
+        with gr.Column(scale=2, min_width=MIN_WIDTH):
+            # allow_custom_value: an API caller (whose session the page's choices never saw) names a record id
+            picker = widgets.dropdown([(records.LATEST_LABEL, inputs.LATEST)], value=inputs.LATEST,
+                                      label="Generation", allow_custom_value=True)
+            step = widgets.slider(0, max(1, page.ctx.caps.max_new_tokens - 1), value=0, step=1, label="step",
+                                  info="0 = the first generated token", checked_by_handler=True)
+            sampler = widgets.sampler_widgets()
+            with gr.Row():
+                show = gr.Button("Show step", variant="primary", min_width=120)
+                reset = gr.Button("Reset to the generation's settings", min_width=120)
+        with gr.Column(scale=3, min_width=MIN_WIDTH):
+            candidates = gr.Plot(label="Candidates")
+            info = gr.Markdown(label="step info")
+    kept = gr.State(None, time_to_live=page.ctx.caps.session_ttl_s)
+    return StepView(picker, step, sampler, show, reset, candidates, info, kept)
+
+
+def _wire_steps(page, v: StepView) -> None:
+    wire = page.wire
+    sliders = list(v.sampler.inputs().values())
+    drawn = [v.candidates, v.info, v.kept]
+    picked = [v.step, *sliders, *drawn]  # a generation picked: its range, its settings, its first step
+    wire.on([v.show.click, v.step.input, *(s.input for s in sliders)], logic.step_probabilities,
+            {"record": v.picker, "step": v.step, **v.sampler.inputs(), "kept": v.kept}, drawn,
+            api_name="step_probabilities", trigger_mode="always_last")
+    wire.on(v.picker.input, logic.show_record, {"record": v.picker, "kept": v.kept}, picked)
+    wire.on(v.reset.click, logic.reset, {"record": v.picker, "step": v.step, "kept": v.kept}, [*sliders, *drawn])
+    page.links.follow(GENERATED, lambda listener: wire.on(
+        listener, logic.follow, {"record": v.picker, "kept": v.kept}, [v.picker, *picked]))
+    page.links.follow(open_tab("probabilities"), lambda listener: wire.on(
+        listener, logic.open_latest, {"kept": v.kept}, [v.picker, *picked]))
+
+
+def _text_section(page, picker: gr.Dropdown) -> None:
+    gr.Markdown(TEXT_INTRO)
+    text = gr.Textbox(label="Text", lines=4, placeholder="Paste or type any text…")
+    with gr.Row():
+        analyse = gr.Button("Analyse text", variant="primary", min_width=120)
+        use = gr.Button("Use the selected generation", min_width=120)
+    highlights = gr.HighlightedText(label="Rank of each token", show_legend=True, color_map=GLTR_COLORS,
+                                    combine_adjacent=False)
+    info = gr.Markdown(label="text info")
+    with gr.Row():
+        with gr.Column(min_width=MIN_WIDTH):
+            surprisal = gr.Plot(label="Surprisal and entropy")
+        with gr.Column(min_width=MIN_WIDTH):
+            lens = gr.Plot(label="Logit lens")
+
+    analysed = [highlights, info, surprisal, lens]
+    model_calls = dict(concurrency_limit=page.ctx.caps.generate_concurrency, concurrency_id="generate")
+    page.wire.on([analyse.click, text.submit], logic.text_probabilities, {"text": text}, analysed,
+                 api_name="text_probabilities", **model_calls)
+    page.wire.on(use.click, logic.use_generation, {"record": picker}, [text, *analysed], **model_calls)
