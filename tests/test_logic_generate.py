@@ -58,7 +58,9 @@ def test_generate_streams_the_text_the_prompt_view_and_stats(ctx, tiny_model):
     text, stats, view = outputs[-1]
     expected = gpt2.generate_text(tiny_model, "Hello", gpt2.SamplingParams(temperature=0, max_new_tokens=10))
     assert text == expected and "10 tokens" in stats
-    assert view == [("Hello", logic.PROMPT), (text, logic.GENERATED)]  # the prompt shown, distinguished
+    assert view == logic.view_html("Hello", text)  # the prompt shown, told apart from the generated text
+    assert logic.view_html("<b>", "&") == ('<div class="generation"><span class="prompt">&lt;b&gt;</span>'
+                                           '<span class="generated">&amp;</span></div>')
     assert session.record(None).text == text
 
 

@@ -9,7 +9,6 @@ from . import widgets
 from .links import GENERATED, open_tab
 
 INSPECT = (("attention", "Inspect attention ›"), ("probabilities", "Inspect probabilities ›"))
-VIEW_COLORS = {logic.PROMPT: "#9e9e9e33", logic.GENERATED: "#4f8cff33"}  # translucent: any theme
 
 
 def build(page) -> None:
@@ -22,8 +21,8 @@ def build(page) -> None:
             with gr.Row():
                 run = gr.Button("Generate", variant="primary")
                 stop_button = gr.Button("Stop")
-            view = gr.HighlightedText(label="Text (prompt, then the generated part)", color_map=VIEW_COLORS,
-                                      combine_adjacent=False, show_legend=True, elem_id="generated-view")
+            view = gr.HTML(label="Text (prompt, then the generated part)", show_label=True, container=True,
+                           elem_id="generated-view", padding=True)
             stats = gr.Markdown(label="stats", elem_id="generate-stats")
             with gr.Accordion("Generated text only (to copy)", open=False):
                 output = gr.Textbox(label="Generated text", lines=6, interactive=False, buttons=["copy"],

@@ -25,12 +25,15 @@ See how a GPT-2 language model thinks: **generate** text, look at where each tok
 **probabilities** behind every choice, and **fine-tune** it on your own text, all in the browser."""
 
 
-# Phone widths (390 px): every tab's name stays in the tab bar (Gradio moves names that do not fit into a
-# "⋯" menu, measuring them with these same styles), and plots get the whole width.
+# The generation's view tells the prompt (muted) from the generated text. At phone widths (390 px) every
+# tab's name stays in the tab bar: Gradio moves names that do not fit into a "⋯" menu, measuring them with
+# these same styles.
 CSS = """
+#generated-view .generation { white-space: pre-wrap; line-height: 1.6; min-height: 6em; }
+#generated-view .prompt { color: var(--body-text-color-subdued); background: var(--background-fill-secondary); }
+#generated-view .generated { color: var(--body-text-color); }
 @media (max-width: 480px) {
   .tab-wrapper .tab-container button { padding: 0 7px !important; font-size: 14px !important; }
-  .gradio-container { padding-left: 6px !important; padding-right: 6px !important; }
 }
 """
 
@@ -95,12 +98,16 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 def build_header(page: Page) -> None:
     """The model picker, the base/fine-tuned switch and the model's description."""
     ctx = page.ctx
-    with gr.Row(equal_height=True):
-        picker = widgets.dropdown([(e.label, e.key) for e in ctx.store.entries.values()], value=ctx.default_key,
-                                  label="Model", scale=2, min_width=260)
-        use_finetuned = gr.Checkbox(False, label="use my fine-tuned model",
-                                    info="after fine-tuning; off = the base model", scale=1, min_width=200)
-        info = gr.Markdown(header.model_info(ctx.default_key, ctx.store.get(ctx.default_key)), label="model details")
+    with gr.Row(equal_height=True):  # columns with a min_width: on a phone they stack
+        with gr.Column(scale=2, min_width=260):
+            picker = widgets.dropdown([(e.label, e.key) for e in ctx.store.entries.values()],
+                                      value=ctx.default_key, label="Model")
+        with gr.Column(scale=1, min_width=220):
+            use_finetuned = gr.Checkbox(False, label="use my fine-tuned model",
+                                        info="after fine-tuning; off = the base model")
+        with gr.Column(scale=2, min_width=260):
+            info = gr.Markdown(header.model_info(ctx.default_key, ctx.store.get(ctx.default_key)),
+                               label="model details")
     load_api = gr.Button(visible=False)  # /load_model's trigger: API callers get an error, the page a message
 
     def switch(ctx, session, model):

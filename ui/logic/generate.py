@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ EXAMPLES = [
     "The meaning of life is",
     "Once upon a time, in a land far away,",
 ]
-PROMPT, GENERATED = "prompt", "generated"  # the two kinds of text in the output view
+PROMPT, GENERATED = "prompt", "generated"  # the HTML classes of the two parts of the output view
 
 
 @dataclass
@@ -40,10 +41,17 @@ class Progress:
         notes = "".join(f"\n\n> {m}" for m in self.notices)
         return f"**{n} tokens**{rate}{done}{notes}"
 
-    def view(self) -> list[tuple[str, str | None]]:
-        """The prompt and the continuation as highlighted spans (``gr.HighlightedText``'s value)."""
-        prompt = gpt2.get_tokenizer().decode(self.record.prompt_ids)
-        return [(text, kind) for text, kind in ((prompt, PROMPT), (self.record.text, GENERATED)) if text]
+    def view(self) -> str:
+        """The prompt, then the continuation, as HTML: two spans whose classes tell them apart."""
+        return view_html(gpt2.get_tokenizer().decode(self.record.prompt_ids), self.record.text)
+
+
+def view_html(prompt: str, generated: str) -> str:
+    """``prompt`` and ``generated`` as one text in HTML (escaped; white space kept by the page's style)."""
+    spans = "".join(f'<span class="{kind}">{html.escape(text)}</span>'
+                    for text, kind in ((prompt, PROMPT), (generated, GENERATED)) if text)
+    return f'<div class="generation">{spans}</div>'
+
 
 
 def generate_job(model: gpt2.GPT2, ids: list[int], params: gpt2.SamplingParams) -> Iterator[gpt2.Step]:
@@ -97,13 +105,13 @@ def throttled(progress: Iterator[Progress]) -> Iterator[Progress]:
 
 
 def generate(ctx: AppContext, session: Session, prompt: str | None, max_new_tokens, temperature, top_k, top_p,
-             repetition_penalty, seed, stop) -> Iterator[tuple[str, str, list]]:
-    """Stream a continuation of ``prompt``: (generated text, stats, prompt + text as highlighted spans).
+             repetition_penalty, seed, stop) -> Iterator[tuple[str, str, str]]:
+    """Stream a continuation of ``prompt``: (generated text, stats, prompt + text as HTML).
     ``seed`` blank or -1 is random; ``stop`` holds one stop sequence per line."""
     params = inputs.sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
                              max_tokens=ctx.caps.max_new_tokens)
     session.stop.clear()
-    yield "", "", []  # clear the last output at once (and the page holds the session: Stop reaches it)
+    yield "", "", ""  # clear the last output at once (and the page holds the session: Stop reaches it)
     for p in throttled(stream(ctx, session, prompt, params)):
         yield p.record.text, p.stats(), p.view()
 
