@@ -95,3 +95,16 @@ def test_files_and_functions_read_in_one_sitting(name):
     long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(ast.parse(text))
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= MAX_FUNCTION_LINES]
     assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_every_tab_is_a_logic_module_and_a_layout_builder():
+    """One pattern: tab NAME is ``ui/logic/NAME.py`` (no Gradio, checked above) plus ``ui/layout/NAME.py``'s
+    ``build``, registered by one line in ``TABS``."""
+    import importlib
+
+    from ui.layout.page import TABS
+
+    assert [tab.id for tab in TABS] == ["generate", "attention", "probabilities", "finetune"]
+    for tab in TABS:
+        assert tab.build is importlib.import_module(f"ui.layout.{tab.id}").build
+        assert (ROOT / "ui" / "logic" / f"{tab.id}.py").is_file()
