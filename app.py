@@ -19,7 +19,7 @@ import sys
 
 import gradio as gr
 
-from ui import memory
+from ui import memory, workdirs
 from ui.context import AppContext, Caps
 from ui.layout.page import CSS, build_demo
 from ui.models import BUNDLED, ModelStore, catalog, key_for
@@ -32,7 +32,9 @@ def default_model() -> str:
 
 def make_context(model: str, caps: Caps | None = None) -> AppContext:
     """The shared store with ``model`` offered (a hub id, a folder under checkpoints/ or any directory),
-    and the server's caps (by default from the ``GPT2_*`` environment variables)."""
+    and the server's caps (by default from the ``GPT2_*`` environment variables). Session folders left by
+    stopped servers are removed, and this server's are removed when it exits (``ui.workdirs``)."""
+    workdirs.start()
     entries = catalog(extra=model)
     key = key_for(entries, model) or model
     return AppContext(ModelStore(entries), default_key=key, caps=caps or Caps())
@@ -40,10 +42,11 @@ def make_context(model: str, caps: Caps | None = None) -> AppContext:
 
 def launch(demo: gr.Blocks, ctx: AppContext, **options) -> None:
     """Queue and launch ``demo`` with the server's caps; ``options`` go to ``Blocks.launch`` (tests pass
-    a host, a port and ``prevent_thread_lock``)."""
+    a host, a port and ``prevent_thread_lock``). Gradio's monitoring is off: its public
+    ``/monitoring/summary`` would show every endpoint's traffic, of all users, to anyone."""
     demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
     demo.launch(max_file_size=ctx.caps.max_upload_bytes, state_session_capacity=ctx.caps.max_sessions, css=CSS,
-                **options)
+                enable_monitoring=False, **options)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@ strings, ready for a figure builder or a terminal; none keeps state or changes t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +12,17 @@ import torch
 
 from .model import GPT2, Trace
 from .tokenizer import EOT_ID, token_display
+
+# Positions read out through the final LayerNorm and head at once. A request then holds (CHUNK, vocab)
+# fp32 logits and their softmax, ~26 MB each for GPT-2, instead of (tokens, vocab) (200 MB at 1,024 tokens).
+CHUNK = 128
+
+
+def _readout(model: GPT2, hidden: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """fp32 logits of the residual states ``hidden`` (T, C), ``CHUNK`` positions at a time: (the chunk's
+    first position, its (n, V) logits). Reduce each chunk before asking for the next."""
+    for i in range(0, hidden.shape[0], CHUNK):
+        yield i, model.unembed(hidden[i : i + CHUNK]).float()
 
 
 @dataclass
@@ -34,7 +45,8 @@ class TokenScores:
 def score(model: GPT2, token_ids: Sequence[int], top_k: int = 5) -> TokenScores:
     """Score every token of a text. ``<|endoftext|>`` is put in front as GPT-2's start token, so the
     first token is scored too. Texts longer than the context are scored in overlapping windows, each
-    token with at least half a context of history."""
+    token with at least half a context of history. Logits are read ``CHUNK`` positions at a time, so
+    memory grows with the text's length times the width, not times the vocabulary."""
     ids = [int(t) for t in token_ids]
     seq = torch.tensor([EOT_ID, *ids], device=model.device)
     block, n = model.config.block_size, len(ids)
@@ -46,15 +58,15 @@ def score(model: GPT2, token_ids: Sequence[int], top_k: int = 5) -> TokenScores:
     while done < n:
         start = max(0, done + 1 - (block if done == 0 else block // 2))
         end = min(start + block, n)  # the window seq[start:end] predicts targets start..end-1
-        logits = model(seq[start:end][None])[0].float()  # (W, V)
-        new = slice(done - start, end - start)
-        lp = logits[new].log_softmax(-1)  # (new, V)
-        target = seq[done + 1 : end + 1]
-        chosen = lp.gather(-1, target[:, None])[:, 0]
-        logp[done:end] = chosen.cpu()
-        ent[done:end] = -(lp.exp() * lp).sum(-1).cpu()
-        ranks[done:end] = ((lp > chosen[:, None]).sum(-1) + 1).cpu()
-        top[done:end] = lp.topk(top_k, dim=-1).indices.cpu()
+        hidden = model.residual(seq[start:end][None])[0, done - start :]  # (end - done, C): the new targets
+        for i, logits in _readout(model, hidden):
+            at = slice(done + i, done + i + len(logits))
+            lp = logits.log_softmax(-1)  # (rows, V)
+            chosen = lp.gather(-1, seq[at.start + 1 : at.stop + 1, None])[:, 0]
+            logp[at] = chosen.cpu()
+            ent[at] = -(lp.exp() * lp).sum(-1).cpu()
+            ranks[at] = ((lp > chosen[:, None]).sum(-1) + 1).cpu()
+            top[at] = lp.topk(top_k, dim=-1).indices.cpu()
         done = end
     return TokenScores(ids, token_display(ids), logp.numpy(), ranks.numpy(), ent.numpy(), top.numpy())
 
@@ -98,15 +110,16 @@ def logit_lens(model: GPT2, token_ids: Sequence[int]) -> LogitLens:
     """What the model would predict if it stopped after each layer (nostalgebraist's logit lens)."""
     ids = [int(t) for t in token_ids][-model.config.block_size :]
     trace = Trace(hidden=True)
-    model(torch.tensor([ids], device=model.device), trace=trace, last_only=True)
-    top_ids, top_probs = [], []
-    for h in trace.hidden_states:  # one layer at a time: (T, V) rather than (L, T, V) in memory
-        best = model.unembed(h[0]).float().softmax(-1).max(-1)
-        top_ids.append(best.indices.cpu())
-        top_probs.append(best.values.cpu())
-    top_ids = torch.stack(top_ids).numpy()
-    return LogitLens(token_display(ids), top_ids, torch.stack(top_probs).numpy(),
-                     [token_display(row.tolist()) for row in top_ids])
+    model.residual(torch.tensor([ids], device=model.device), trace=trace)
+    top_ids = torch.empty(len(trace.hidden_states), len(ids), dtype=torch.long)
+    top_probs = torch.empty(len(trace.hidden_states), len(ids))
+    for layer, h in enumerate(trace.hidden_states):  # one layer and CHUNK positions at a time, never (L, T, V)
+        for i, logits in _readout(model, h[0]):
+            best = logits.softmax(-1).max(-1)
+            top_ids[layer, i : i + len(logits)] = best.indices.cpu()
+            top_probs[layer, i : i + len(logits)] = best.values.cpu()
+    return LogitLens(token_display(ids), top_ids.numpy(), top_probs.numpy(),
+                     [token_display(row) for row in top_ids.tolist()])
 
 
 @dataclass

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 import gpt2
 
@@ -149,3 +150,39 @@ def test_two_clients_fine_tune_at_once_in_isolated_sessions(served):
     assert generate(client(served)) == base
     tuned = {name: generate(trainers[name]) for name in "ab"}
     assert base not in tuned.values() and tuned["a"] != tuned["b"]
+
+
+def test_gradio_monitoring_is_off(served):
+    """Gradio's /monitoring pages would show anyone every endpoint's traffic and timings, of all users."""
+    import httpx
+
+    for path in ("monitoring", "monitoring/summary"):
+        assert httpx.get(f"{served.url}{path}", timeout=10).status_code in (403, 404), path
+
+
+def test_closing_the_server_removes_its_sessions_folders(served):
+    """``demo.close()`` closes every session it holds, so their private folders (pasted text, uploads,
+    zips) go with the server. A page's session closes when its page goes away; an HTTP API caller's (no
+    page, no heartbeat) would wait for its expiry, or for the process's exit."""
+    import httpx
+
+    import app
+    from ui.layout.page import build_demo
+    from ui.session import Session
+
+    ctx = app.make_context(str(served.model_dir))
+    demo = build_demo(ctx)
+    port = free_port()
+    app.launch(demo, ctx, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/gradio_api/", timeout=30) as http:
+            body = {"data": [PROMPT, *GREEDY], "session_hash": "api-caller"}
+            event = http.post("call/generate", json=body).json()["event_id"]
+            assert "event: complete" in http.get(f"call/generate/{event}").text
+        held = demo.state_holder.session_data["api-caller"].state_data.values()
+        session = next(v for v in held if isinstance(v, Session))
+        folder = session.workdir
+        (folder / "pasted.txt").write_text(TEXT_A)  # what a fine-tune's pasted text leaves
+    finally:
+        demo.close()
+    assert not folder.exists() and session.stop.is_set()

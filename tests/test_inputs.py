@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 import gpt2
@@ -62,3 +63,26 @@ def test_prompts_are_cleaned_and_cropped():
     assert notice is None and "\ufffd" in gpt2.get_tokenizer().decode(ids)
     assert inputs.prompt_ids(None, 100, 64) == ([], None)
     assert inputs.model_input([]) == [gpt2.EOT_ID] and inputs.model_input([5]) == [5]
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True)])
+def test_booleans_are_not_numbers(value):
+    """``True`` is not 1: a boolean is refused wherever a number is parsed (a record, a step, a setting)."""
+    for parse in (lambda v: inputs.integer("steps", v, 0, 9), lambda v: inputs.number("top_p", v, 0, 1),
+                  lambda v: inputs.seed("seed", v), inputs.record_id):
+        with pytest.raises(UserError, match=r"^(steps|top_p|seed|record) must be .*; got"):
+            parse(value)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, "1e400", 10**400, 1.5, 0, "newest"])
+def test_record_ids_refuse_what_is_no_id_and_name_the_record(value):
+    with pytest.raises(UserError, match=r"^record must be a generation id of this session .*'latest'"):
+        inputs.record_id(value)
+
+
+def test_whole_numbers_stay_exact_and_refusals_quote_values_short():
+    assert inputs.seed("seed", 2**63 - 1) == 2**63 - 1 and inputs.integer("n", 2**62 + 1) == 2**62 + 1
+    with pytest.raises(UserError, match=r"got 'xxxx+…\.$") as refused:
+        inputs.integer("steps", "x" * 10_000)
+    assert len(str(refused.value)) < 200  # a megabyte sent is not a megabyte echoed
+    assert inputs.shown(10**5000) == "a number too long to print"  # repr() itself would raise

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import gpt2
+from gpt2 import inspection
 from gpt2.inspection import AttentionMaps, attention_maps, head_scores, logit_lens, repeated_tokens, score
 
 
@@ -76,6 +77,31 @@ def test_logit_lens_last_layer_is_the_model_prediction(tiny_model):
     assert lens.top_ids[-1].tolist() == probs.argmax(-1).tolist()
     np.testing.assert_allclose(lens.top_probs[-1], probs.max(-1).values.numpy(), atol=1e-5)
     assert lens.top_labels[-1] == gpt2.token_display(lens.top_ids[-1].tolist())
+
+
+def test_logits_are_read_in_chunks_with_the_same_results(tiny_model, monkeypatch):
+    """A request's peak memory is (CHUNK, vocab) logits, not (tokens, vocab): no read-out through the head
+    has more than CHUNK rows, and the results are those of one read-out of everything."""
+    n = 2 * tiny_model.config.block_size + 22  # several windows
+    ids = torch.randint(0, 50257, (n,), generator=torch.Generator().manual_seed(0)).tolist()
+    monkeypatch.setattr(inspection, "CHUNK", 10**6)
+    whole, whole_lens = score(tiny_model, ids), logit_lens(tiny_model, ids)
+    monkeypatch.setattr(inspection, "CHUNK", 7)
+    rows = []
+    hook = tiny_model.lm_head.register_forward_hook(lambda module, args, out: rows.append(out.shape[-2]))
+    try:
+        chunked, lens = score(tiny_model, ids), logit_lens(tiny_model, ids)
+    finally:
+        hook.remove()
+    assert rows and max(rows) <= 7
+    np.testing.assert_allclose(chunked.logprobs, whole.logprobs, atol=1e-5)
+    np.testing.assert_allclose(chunked.entropies, whole.entropies, rtol=1e-5)
+    # a random model's logits are nearly tied, so a last-digit difference may swap neighbouring ranks
+    assert np.abs(chunked.ranks - whole.ranks).max() <= 1
+    np.testing.assert_array_equal(chunked.top_ids, whole.top_ids)
+    np.testing.assert_array_equal(lens.top_ids, whole_lens.top_ids)
+    np.testing.assert_allclose(lens.top_probs, whole_lens.top_probs, atol=1e-6)
+    assert lens.top_labels == whole_lens.top_labels
 
 
 def synthetic_maps(ids):

@@ -29,6 +29,22 @@ def test_choices_name_the_input_and_list_the_choices(make):
         component.preprocess("../etc")
 
 
+def test_a_single_choice_dropdown_refuses_a_list():
+    """Gradio checks each item of a list against the choices and hands the list on as the choice."""
+    one = widgets.dropdown(["gpt2", "tiny"], value="gpt2", label="Model")
+    with pytest.raises(gr.Error, match=r"Model: \['gpt2'\] is not one of the choices\. Choose one of 'gpt2', 'tiny'"):
+        one.preprocess(["gpt2"])
+    assert widgets.dropdown(["a", "b"], multiselect=True, label="x").preprocess(["a", "b"]) == ["a", "b"]
+
+
+def test_a_blank_slider_value_is_the_handlers_to_judge():
+    """None or "" reach the handler (the attention query: the last token; elsewhere a message naming it)."""
+    slider = widgets.slider(0, 9, value=1, label="query token")
+    assert slider.preprocess(None) is None and slider.preprocess("") == ""
+    with pytest.raises(gr.Error, match=r"query token: 'x' is not a number\. Choose from 0 to 9\."):
+        slider.preprocess("x")
+
+
 def test_they_are_plain_gradio_components_and_write_no_files():
     made = [make(label="x") for make in (widgets.slider, widgets.radio, widgets.dropdown)]
     assert [type(c) for c in made] == [gr.Slider, gr.Radio, gr.Dropdown]

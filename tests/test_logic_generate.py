@@ -110,6 +110,8 @@ def test_sessions_are_independent_and_seeds_reproduce(ctx):
     ra = run(ctx, a, "Once", temperature=1.0).record
     rb = run(ctx, b, "Once", temperature=1.0).record
     assert ra.token_ids == rb.token_ids and len(a.records) == len(b.records) == 1
+    assert ra.id == rb.id == 1  # each session numbers its own generations: no id is shared, none guessable
+    assert [run(ctx, b, "Twice").record.id for _ in range(2)] == [2, 3] and a.record(None).id == 1
 
 
 def test_session_close_stops_work_and_frees_records(ctx):

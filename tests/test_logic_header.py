@@ -40,3 +40,12 @@ def test_the_fine_tuned_switch_stays_off_without_a_fine_tuned_model(app_ctx):
     value, message = header.use_finetuned(session, True)
     assert value is False and not session.use_finetuned and "Nothing fine-tuned yet" in message
     assert header.use_finetuned(session, False) == (False, None)
+
+
+@pytest.mark.parametrize("model", [["gpt2"], None, "", 3, "/etc/passwd", "GPT2"])
+def test_only_the_picker_keys_themselves_are_offered(app_ctx, model):
+    """A list, nothing, a number, a path or another spelling: refused by name, with the choices."""
+    session = app_ctx.new_session()
+    with pytest.raises(UserError, match=r"^model .* is not one of the offered models\. Choose one of .*'gpt2'"):
+        header.load_model(app_ctx, session, model)
+    assert session.model_key == app_ctx.default_key

@@ -1,5 +1,6 @@
 """The adapter between widgets and tab logic (``ui.layout.wiring``): values by name, the session first
-and kept, ``Update`` as ``gr.update``, ``UserError`` as ``gr.Error``, generators streamed."""
+and kept, ``Update`` as ``gr.update``, ``UserError`` as ``gr.Error``, generators streamed; and every event
+of the page that may run the model waits in the one model pool."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import inspect
 
 import gradio as gr
 import pytest
+from conftest import make_ctx
 
 from ui.inputs import UserError, integer
-from ui.layout.wiring import Wiring
+from ui.layout.page import build_demo
+from ui.layout.wiring import MODEL_POOL, Wiring
 from ui.session import Session
 from ui.updates import update
 
@@ -74,3 +77,46 @@ def test_generators_stream(page):
     run = wire._adapt(stream, True, 1)
     assert inspect.isgeneratorfunction(run)  # Gradio streams only generator functions
     assert [text for text, _ in run(text="x", session=None)] == ["x0", "x1", "x2"]
+
+
+# ---------------------------------------------------------------- the model pool
+
+
+def referenced(fn) -> tuple[set[str], list]:
+    """The global and attribute names ``fn``'s code reads (its nested functions' too), and the app's
+    functions those names reach: globals, closure variables, and ``module.function`` of ``ui`` modules."""
+    names, codes = set(), [fn.__code__]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes += [c for c in code.co_consts if inspect.iscode(c)]
+    scope = {**fn.__globals__, **inspect.getclosurevars(fn).nonlocals}
+    values = [scope[n] for n in names | set(fn.__code__.co_freevars) if n in scope]
+    values += [getattr(m, n, None) for m in values if inspect.ismodule(m) and m.__name__.startswith("ui.")
+               for n in names]
+    return names, [v for v in values if inspect.isfunction(v) and v.__module__.startswith("ui.")]
+
+
+def runs_model(fn, seen: set | None = None) -> bool:
+    """Whether ``fn`` may run the model: it reads ``*.gpu.call``/``*.gpu.iterate``, or calls a function of
+    the project that does (found by name, so it errs on the side of "may")."""
+    seen = set() if seen is None else seen
+    seen.add(fn)
+    names, callees = referenced(fn)
+    if "gpu" in names and names & {"call", "iterate"}:
+        return True
+    return any(runs_model(f, seen) for f in callees if f not in seen)
+
+
+def test_every_event_that_may_run_the_model_waits_in_the_model_pool(tiny_dir):
+    """One pool bounds all model work (however many tabs, follow-ups and endpoints one client triggers);
+    fine-tuning has its own pool of one. Events that never run the model stay out of the pool."""
+    ctx = make_ctx(tiny_dir, model_concurrency=3)
+    events = [(f.fn.__name__, runs_model(f.fn), (f.concurrency_id, f.concurrency_limit))
+              for f in build_demo(ctx).fns.values() if f.fn is not None]
+    assert {"generate", "compare", "attention", "show", "redraw", "replay", "refresh", "generated", "open_latest",
+            "step_probabilities", "show_record", "reset", "follow", "text_probabilities", "use_generation",
+            "export", "finetune"} <= {name for name, runs, _ in events if runs}  # the search finds known model work
+    assert [pool for name, _, pool in events if name == "finetune"] == [("train", 1)]
+    wrong = [(name, pool) for name, runs, pool in events if name != "finetune" and runs != (pool == (MODEL_POOL, 3))]
+    assert not wrong, f"events in the wrong pool (name, (pool, limit)): {wrong}"

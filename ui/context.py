@@ -28,7 +28,11 @@ class Caps:
     max_train_seconds: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_SECONDS", 180))
     max_upload_bytes: int = field(default_factory=lambda: _env_int("GPT2_MAX_UPLOAD_BYTES", 2_000_000))
     queue_size: int = field(default_factory=lambda: _env_int("GPT2_QUEUE_SIZE", 64))
-    generate_concurrency: int = field(default_factory=lambda: _env_int("GPT2_GENERATE_CONCURRENCY", 4))
+    # Every event that may run the model waits in one pool of this size (``ui.layout.wiring.MODEL_POOL``).
+    # 2, a free Space's vCPUs: a third job only splits the same cores three ways (each torch job already
+    # uses all of them) and adds its memory; a waiting request sees its place. The old name is still read.
+    model_concurrency: int = field(default_factory=lambda: _env_int(
+        "GPT2_MODEL_CONCURRENCY", _env_int("GPT2_GENERATE_CONCURRENCY", 2)))
     session_ttl_s: int = field(default_factory=lambda: _env_int("GPT2_SESSION_TTL", 1800))
     # Gradio keeps ~200 kB of bookkeeping per browser session until this many exist (its default: 10,000)
     max_sessions: int = field(default_factory=lambda: _env_int("GPT2_MAX_SESSIONS", 2000))

@@ -12,6 +12,8 @@ import math
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
 import gpt2
 
 
@@ -23,25 +25,40 @@ MAX_STOPS, MAX_STOP_CHARS = 16, 100  # each stop sequence is checked after every
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _float(value) -> float:
+    """``value`` as a float; NaN when it is no number (a boolean is none: ``True`` is not 1)."""
+    if isinstance(value, bool | np.bool_):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+def shown(value, limit: int = 60) -> str:
+    """``value`` as a message quotes it, cut short: a hostile client may send megabytes."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for printing
+        return "a number too long to print"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def number(name: str, value, low: float = -math.inf, high: float = math.inf, allowed: str = "") -> float:
     """A finite number in ``[low, high]``; ``allowed`` replaces the default description of the range."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError, OverflowError):
-        x = math.nan
+    x = _float(value)
     if not (math.isfinite(x) and low <= x <= high):
-        raise UserError(f"{name} must be {allowed or _range('a number', low, high)}; got {value!r}.")
+        raise UserError(f"{name} must be {allowed or _range('a number', low, high)}; got {shown(value)}.")
     return x
 
 
 def integer(name: str, value, low: float = -math.inf, high: float = math.inf, allowed: str = "") -> int:
-    """A whole number in ``[low, high]`` (40.0 is 40; 2.5, NaN and text are refused)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError, OverflowError):
-        x = math.nan
-    if not (math.isfinite(x) and x == int(x) and low <= x <= high):
-        raise UserError(f"{name} must be {allowed or _range('a whole number', low, high)}; got {value!r}.")
+    """A whole number in ``[low, high]`` (40.0 is 40; 2.5, NaN, booleans and text are refused). Python ints
+    stay exact (a float would round a seed near 2**63)."""
+    exact = isinstance(value, int) and not isinstance(value, bool)
+    x = value if exact else _float(value)
+    if not ((exact or (math.isfinite(x) and x == int(x))) and low <= x <= high):
+        raise UserError(f"{name} must be {allowed or _range('a whole number', low, high)}; got {shown(value)}.")
     return int(x)
 
 
@@ -58,7 +75,7 @@ def _range(kind: str, low: float, high: float) -> str:
 def _positive(name: str, value, allowed: str) -> float:
     x = number(name, value, allowed=allowed)
     if x <= 0:
-        raise UserError(f"{name} must be {allowed}; got {value!r}.")
+        raise UserError(f"{name} must be {allowed}; got {shown(value)}.")
     return x
 
 
@@ -72,7 +89,7 @@ def choice(name: str, value, choices: Sequence[str]) -> str:
     by_key = {c.lower(): c for c in choices}
     found = by_key.get(str(value).strip().lower()) if isinstance(value, str) else None
     if found is None:
-        raise UserError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+        raise UserError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {shown(value)}.")
     return found
 
 
@@ -87,11 +104,12 @@ LATEST = "latest"  # the record pickers' first choice: the newest generation, fo
 
 
 def record_id(value) -> int | None:
-    """A generation's id as a picker or an API caller sends it; None, "" or ``LATEST`` mean the latest."""
+    """A generation's id as a picker or an API caller sends it (each session numbers its generations 1, 2,
+    3…); None, "" or ``LATEST`` mean the latest."""
     if value is None or value == "" or value == LATEST:
         return None
-    return integer("record", value, 1, allowed="a generation id from the list (a whole number), or empty (or "
-                                               f"{LATEST!r}) for the latest")
+    return integer("record", value, 1, 2**63 - 1, "a generation id of this session (a whole number, 1 or more), "
+                                                  f"or empty (or {LATEST!r}) for the latest")
 
 
 def clean_text(text: str | None) -> str:

@@ -8,6 +8,7 @@ import itertools
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import numpy as np
 
 import gpt2
 
+from . import workdirs
+
 MAX_RECORDS = 8  # generations a session keeps for the other tabs
 LOGIT_RECORDS = 2  # of those, how many keep per-step logits (vocab floats per step: the big part)
-_ids = itertools.count(1)
 
 
 class StopFlag:
@@ -62,7 +64,7 @@ class GenerationRecord:
     text: str = ""
     steps: list[gpt2.StepDetails] = field(default_factory=list)
     seconds: float = 0.0
-    id: int = field(default_factory=lambda: next(_ids))
+    id: int = 0  # the session's number for it, given when the session keeps it (``Session.add_record``)
 
     @property
     def label(self) -> str:
@@ -92,12 +94,14 @@ class Session:
     records: deque[GenerationRecord] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     stop: threading.Event = field(default_factory=threading.Event)  # Generate's Stop
     _workdir: tempfile.TemporaryDirectory | None = None
+    # Numbered per session (1, 2, 3…): an id tells nothing about other sessions and finds none of theirs.
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     @property
     def workdir(self) -> Path:
         """A private temporary folder (uploads, downloads), removed when the session closes."""
         if self._workdir is None:
-            self._workdir = tempfile.TemporaryDirectory(prefix="gpt2-playground-")
+            self._workdir = workdirs.new()
         return Path(self._workdir.name)
 
     @property
@@ -106,6 +110,8 @@ class Session:
         return StopFlag(self.workdir / "stop-training")
 
     def add_record(self, record: GenerationRecord) -> None:
+        """Keep ``record`` as the session's newest generation, numbered after the previous one."""
+        record.id = next(self._ids)
         self.records.append(record)
         for old in list(self.records)[:-LOGIT_RECORDS]:  # free the big arrays of older records
             for d in old.steps:

@@ -123,10 +123,11 @@ def _pick_head(evt: gr.SelectData) -> tuple:
 
 def _wire(page, w: _Widgets) -> None:
     wire = page.wire
-    drawn = dict(show_progress_on=[w.plot], trigger_mode="always_last")  # only the newest request matters
+    drawn = dict(model=True, show_progress_on=[w.plot], trigger_mode="always_last")  # only the newest request matters
     full = [w.plot, w.table, w.note, *w.sliders()]
     redrawn = [w.plot, w.note, *w.sliders()]
-    wire.on(w.api.click, logic.attention, w.values(*DRAWING), [w.plot, w.table, w.note], api_name="attention")
+    wire.on(w.api.click, logic.attention, w.values(*DRAWING), [w.plot, w.table, w.note], api_name="attention",
+            model=True)
     wire.on(w.show.click, logic.show, w.values(*DRAWING, "width"), full, **drawn)
     wire.on([w.layer.release, w.head.release, w.query.release, w.view.input, w.scale.input], logic.redraw,
             w.values(*DRAWING, "width"), redrawn, **drawn)
@@ -138,7 +139,8 @@ def _wire(page, w: _Widgets) -> None:
                     api_visibility="private")
     wire.on(w.repeat.click, logic.repeated, {}, [w.text])
     picked = w.table.select(_pick_head, None, [w.layer, w.head, w.view], api_visibility="private")
-    wire.on(picked.success, logic.redraw, w.values(*DRAWING, "width"), redrawn, show_progress_on=[w.plot])
+    wire.on(picked.success, logic.redraw, w.values(*DRAWING, "width"), redrawn, model=True,
+            show_progress_on=[w.plot])
 
 
 def _follow(page, w: _Widgets) -> None:
@@ -153,10 +155,10 @@ def _follow(page, w: _Widgets) -> None:
 
     page.links.follow(GENERATED, lambda listener: wire.on(
         listener, logic.generated, w.values(*DRAWING, "width"), [w.record, *w.sliders(), *drawn],
-        show_progress_on=[w.plot]))
+        model=True, show_progress_on=[w.plot]))
     page.links.follow(open_tab("attention"), lambda listener: wire.on(
         measured(listener), logic.open_latest, w.values("layer", "head", "view", "scale", "width"),
-        [w.source, w.record, *w.sliders(), *drawn], show_progress_on=[w.plot]))
+        [w.source, w.record, *w.sliders(), *drawn], model=True, show_progress_on=[w.plot]))
     page.links.follow(tab_selected("attention"), lambda listener: wire.on(
         measured(listener), logic.fit, w.values(*FITTING), fit_out))
     page.links.follow(MODEL_CHANGED, lambda listener: wire.on(listener, logic.fit, w.values(*FITTING), fit_out))

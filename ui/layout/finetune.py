@@ -104,6 +104,6 @@ def _wire(page, controls: Controls, inputs: dict, outputs: list, prepare: gr.But
 
     page.links.follow(MODEL_CHANGED, refit)
     page.links.follow(tab_selected("finetune"), refit)
-    packed = wire.on(prepare.click, files.export, {}, [download], api_name="download_finetuned",
-                     concurrency_limit=1, concurrency_id="export", show_progress_on=[prepare])
+    packed = wire.on(prepare.click, files.export, {}, [download], api_name="download_finetuned", model=True,
+                     show_progress_on=[prepare])
     packed.success(None, [download], None, js=SAVE_ZIP, queue=False)

@@ -49,15 +49,13 @@ def build(page) -> None:
 
     common = {"prompt": prompt, "max_new_tokens": max_new}
     settings = {"seed": seed, "stop": stop}
-    model_calls = dict(concurrency_limit=caps.generate_concurrency, concurrency_id="generate",
-                       show_progress_on=[stats])
     generated = wire.on(run.click, logic.generate, {**common, **a.inputs(), **settings},
-                        [output, stats, view], api_name="generate", **model_calls)
-    submitted = wire.on(prompt.submit, logic.generate,
-                        {**common, **a.inputs(), **settings}, [output, stats, view], **model_calls)
+                        [output, stats, view], api_name="generate", model=True, show_progress_on=[stats])
+    submitted = wire.on(prompt.submit, logic.generate, {**common, **a.inputs(), **settings},
+                        [output, stats, view], model=True, show_progress_on=[stats])
     compared = wire.on(compare.click, logic.compare,
                        {**common, **a.inputs("_a"), **b.inputs("_b"), **settings}, [out_a, out_b, compare_stats],
-                       api_name="compare", **{**model_calls, "show_progress_on": [compare_stats]})
+                       api_name="compare", model=True, show_progress_on=[compare_stats])
     wire.on(stop_button.click, logic.stop, queue=False)
     for event in (generated, submitted, compared):
         page.links.emit(GENERATED, event.then)

@@ -70,6 +70,24 @@ def _close(session: Session | None) -> None:
         memory.trim()
 
 
+def _close_sessions_on_close(demo: gr.Blocks, state: gr.State) -> None:
+    """Make ``demo.close()`` also close every session it holds, so that their private folders (pasted
+    text, uploads, zips) go with the server. (A page's session closes when the page goes away; an HTTP
+    API caller's has no page, and would wait for its expiry or the process's exit.)"""
+    close = demo.close
+
+    def closing(verbose: bool = True) -> None:
+        close(verbose)
+        holder = getattr(demo, "state_holder", None)  # none before the first launch
+        for session_state in list(holder.session_data.values()) if holder else []:
+            session = session_state.state_data.get(state._id)
+            if isinstance(session, Session):
+                session.close()
+        memory.trim()
+
+    demo.close = closing
+
+
 def build_demo(ctx: AppContext) -> gr.Blocks:
     """The whole app; every tab gets the same ``Page``."""
     with gr.Blocks(title="GPT-2 Playground", delete_cache=(600, 3600)) as demo:  # drop old served files
@@ -92,6 +110,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
                 _close(session_state.state_data.get(state._id))
 
         demo.unload(page_closed)
+    _close_sessions_on_close(demo, state)
     return demo
 
 

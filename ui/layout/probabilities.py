@@ -68,13 +68,15 @@ def _wire_steps(page, v: StepView) -> None:
     picked = [v.step, *sliders, *drawn]  # a generation picked: its range, its settings, its first step
     wire.on([v.show.click, v.step.input, *(s.input for s in sliders)], logic.step_probabilities,
             {"record": v.picker, "step": v.step, **v.sampler.inputs(), "kept": v.kept}, drawn,
-            api_name="step_probabilities", trigger_mode="always_last")
-    wire.on(v.picker.input, logic.show_record, {"record": v.picker, "kept": v.kept}, picked)
-    wire.on(v.reset.click, logic.reset, {"record": v.picker, "step": v.step, "kept": v.kept}, [*sliders, *drawn])
+            api_name="step_probabilities", model=True, trigger_mode="always_last")
+    # A step whose logits were dropped is recomputed: every drawing event may run the model.
+    wire.on(v.picker.input, logic.show_record, {"record": v.picker, "kept": v.kept}, picked, model=True)
+    wire.on(v.reset.click, logic.reset, {"record": v.picker, "step": v.step, "kept": v.kept}, [*sliders, *drawn],
+            model=True)
     page.links.follow(GENERATED, lambda listener: wire.on(
-        listener, logic.follow, {"record": v.picker, "kept": v.kept}, [v.picker, *picked]))
+        listener, logic.follow, {"record": v.picker, "kept": v.kept}, [v.picker, *picked], model=True))
     page.links.follow(open_tab("probabilities"), lambda listener: wire.on(
-        listener, logic.open_latest, {"kept": v.kept}, [v.picker, *picked]))
+        listener, logic.open_latest, {"kept": v.kept}, [v.picker, *picked], model=True))
 
 
 def _text_section(page, picker: gr.Dropdown) -> None:
@@ -93,7 +95,6 @@ def _text_section(page, picker: gr.Dropdown) -> None:
             lens = gr.Plot(label="Logit lens")
 
     analysed = [highlights, info, surprisal, lens]
-    model_calls = dict(concurrency_limit=page.ctx.caps.generate_concurrency, concurrency_id="generate")
     page.wire.on([analyse.click, text.submit], logic.text_probabilities, {"text": text}, analysed,
-                 api_name="text_probabilities", **model_calls)
-    page.wire.on(use.click, logic.use_generation, {"record": picker}, [text, *analysed], **model_calls)
+                 api_name="text_probabilities", model=True)
+    page.wire.on(use.click, logic.use_generation, {"record": picker}, [text, *analysed], model=True)

@@ -16,19 +16,24 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
+from ..inputs import shown
+
 C = TypeVar("C", bound=gr.components.Component)
 
 
-def _labelled(component: C, explain: Callable[[Any, str], str]) -> C:
+def _labelled(component: C, explain: Callable[[Any, str], str], accepts: Callable[[Any], bool] | None = None) -> C:
+    """``component`` whose check names it; ``accepts``: a check of the payload's shape before Gradio's."""
     check = component.preprocess
 
     def preprocess(payload: Any) -> Any:
+        if accepts is not None and not accepts(payload):
+            raise gr.Error(f"{component.label}: {explain(payload, '')}")
         try:
             return check(payload)
         except gr.Error as e:
             raise gr.Error(f"{component.label}: {explain(payload, e.message)}") from None
         except (TypeError, ValueError, OverflowError):  # text where a number belongs, NaN to an int, ...
-            raise gr.Error(f"{component.label}: {explain(payload, f'{payload!r} is not a number.')}") from None
+            raise gr.Error(f"{component.label}: {explain(payload, f'{shown(payload)} is not a number.')}") from None
 
     component.preprocess = preprocess
     return component
@@ -37,19 +42,23 @@ def _labelled(component: C, explain: Callable[[Any, str], str]) -> C:
 def _not_a_choice(component: gr.Radio | gr.Dropdown) -> Callable[[Any, str], str]:
     def explain(payload: Any, _: str) -> str:
         choices = ", ".join(repr(value) for _, value in component.choices)
-        return f"{payload!r} is not one of the choices. Choose one of {choices}."
+        return f"{shown(payload)} is not one of the choices. Choose one of {choices}."
 
     return explain
 
 
 def slider(*args, checked_by_handler: bool = False, **kwargs) -> gr.Slider:
     """A ``gr.Slider`` whose range check names it and the range. ``checked_by_handler``: no check here,
-    the handler's is better (it knows the session's real limit, e.g. its model's context)."""
+    the handler's is better (it knows the session's real limit, e.g. its model's context). A blank value
+    (an API caller's None or "") always goes to the handler, which parses every value (``ui.inputs``) and
+    knows what blank means: the attention query's last token, elsewhere a message naming the input."""
     s = gr.Slider(*args, **kwargs)
     if checked_by_handler:
         s.preprocess = lambda payload: payload  # what gr.Slider passes on for an in-range value
         return s
-    return _labelled(s, lambda _, message: f"{message} Choose from {s.minimum:g} to {s.maximum:g}.")
+    check = _labelled(s, lambda _, message: f"{message} Choose from {s.minimum:g} to {s.maximum:g}.").preprocess
+    s.preprocess = lambda payload: payload if payload is None or payload == "" else check(payload)
+    return s
 
 
 def number(*args, allowed: str = "", **kwargs) -> gr.Number:
@@ -65,9 +74,10 @@ def radio(*args, **kwargs) -> gr.Radio:
 
 
 def dropdown(*args, **kwargs) -> gr.Dropdown:
-    """A ``gr.Dropdown`` whose choice check names it and the choices."""
+    """A ``gr.Dropdown`` whose choice check names it and the choices. A single-choice one also refuses a
+    list (Gradio checks each item of a list, then hands the list to the handler as the choice)."""
     d = gr.Dropdown(*args, **kwargs)
-    return _labelled(d, _not_a_choice(d))
+    return _labelled(d, _not_a_choice(d), None if d.multiselect else lambda payload: not isinstance(payload, list))
 
 
 @dataclass

@@ -6,7 +6,9 @@ so the order of an ``inputs`` list can never disagree with the function, and an 
 are exactly those names. The server's ``AppContext`` and the browser session's ``Session`` come first
 (the session is kept in its ``gr.State``); ``ui.updates.Update`` results become ``gr.update``; a
 ``UserError`` (or a checkpoint that cannot be loaded) becomes a ``gr.Error`` that the page shows. A
-generator streams.
+generator streams. Every event that may run the model (its logic reaches ``ctx.gpu``) says
+``model=True`` and waits in one pool, ``MODEL_POOL``, so one client's clicks cannot start more model
+jobs than the server has room for (``tests/test_wiring.py`` checks no such event is left out).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..updates import Update
 
 Component = gr.components.Component
 Listener = Callable[..., Any]  # an event to attach to: ``button.click``, ``slider.release``, ``event.then``...
+MODEL_POOL = "model"  # the Gradio concurrency id of every event that may run the model
 
 
 @contextlib.contextmanager
@@ -50,12 +53,14 @@ class Wiring:
 
     def on(self, triggers: Listener | Sequence[Listener], fn: Callable, inputs: Mapping[str, Component] | None = None,
            outputs: Sequence[Component] = (), *, session: bool = True, api_name: str | None = None,
-           **options: Any) -> Any:
+           model: bool = False, **options: Any) -> Any:
         """Run ``fn`` when ``triggers`` fire; returns the event (for ``.then``/``.success``).
 
         ``fn(ctx, session, **values)`` (``fn(ctx, **values)`` with ``session=False``) returns one value per
         output, or yields them. ``api_name`` publishes the event as an API endpoint under that name;
-        other events stay private. ``options`` go to Gradio (concurrency, ``trigger_mode``...).
+        other events stay private. ``model=True``: ``fn`` may run the model, so the event waits in
+        ``MODEL_POOL`` (at most ``caps.model_concurrency`` at once). ``options`` go to Gradio
+        (``trigger_mode``, another concurrency pool...).
         """
         kwargs = dict(inputs or {})
         outs = list(outputs)
@@ -64,6 +69,8 @@ class Wiring:
             outs.append(self.state)  # a session created by this call is kept
         run = self._adapt(fn, session, len(outputs))
         options.update(api_name=api_name) if api_name else options.setdefault("api_visibility", "private")
+        if model:
+            options.update(concurrency_limit=self.ctx.caps.model_concurrency, concurrency_id=MODEL_POOL)
         if isinstance(triggers, Sequence):
             return gr.on(list(triggers), run, inputs_kwargs=kwargs, outputs=outs, **options)
         return triggers(run, inputs_kwargs=kwargs, outputs=outs, **options)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import gpt2
 
+from .. import inputs
 from ..context import AppContext
 from ..inputs import UserError
 from ..session import Session
@@ -33,12 +34,22 @@ def load_message(error: Exception) -> str:
     return message
 
 
-def load_model(ctx: AppContext, session: Session, model: str) -> str:
+def offered(ctx: AppContext, model) -> str:
+    """``model`` if it is a key of the picker's catalogue (exactly: keys are names, never paths), else a
+    ``UserError`` naming the choices."""
+    if not isinstance(model, str) or model not in ctx.store.entries:
+        choices = ", ".join(repr(key) for key in ctx.store.entries)
+        raise UserError(f"model {inputs.shown(model)} is not one of the offered models. Choose one of {choices}.")
+    return model
+
+
+def load_model(ctx: AppContext, session: Session, model) -> str:
     """Switch this session to an offered model (others are unaffected); its description. Raises
-    ``UserError`` when it cannot be loaded (the current model stays)."""
+    ``UserError`` when it is not offered or cannot be loaded (the current model stays)."""
+    model = offered(ctx, model)
     try:
         loaded = ctx.store.get(model)
-    except (KeyError, gpt2.CheckpointError) as e:
+    except gpt2.CheckpointError as e:
         raise UserError(f"{load_message(e)} The current model, {session.model_key}, stays loaded.") from None
     session.model_key = model
     session.use_finetuned = session.use_finetuned and session.has_finetuned()
