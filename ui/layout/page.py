@@ -80,10 +80,7 @@ def _close_sessions_on_close(demo: gr.Blocks, state: gr.State) -> None:
         close(verbose)
         holder = getattr(demo, "state_holder", None)  # none before the first launch
         for session_state in list(holder.session_data.values()) if holder else []:
-            session = session_state.state_data.get(state._id)
-            if isinstance(session, Session):
-                session.close()
-        memory.trim()
+            _close(session_state.state_data.get(state._id))
 
     demo.close = closing
 
