@@ -251,7 +251,7 @@ class User:
         result = self.call("/generate", prompt, new_tokens, 0.8, 40, 1.0, 1.0, self.rng.randrange(2**31), "")
         if result is None:
             return None
-        text, stats = result
+        text, stats, _view = result
         tokens = re.search(r"\*\*(\d+) tokens\*\*", stats)
         return prompt, text, int(tokens.group(1)) if tokens else 0
 
