@@ -21,6 +21,7 @@ import gradio as gr
 
 from ui import memory, workdirs
 from ui.context import AppContext, Caps
+from ui.layout import quotas
 from ui.layout.page import CSS, build_demo
 from ui.models import BUNDLED, ModelStore, catalog, key_for
 
@@ -43,10 +44,11 @@ def make_context(model: str, caps: Caps | None = None) -> AppContext:
 def launch(demo: gr.Blocks, ctx: AppContext, **options) -> None:
     """Queue and launch ``demo`` with the server's caps; ``options`` go to ``Blocks.launch`` (tests pass
     a host, a port and ``prevent_thread_lock``). Gradio's monitoring is off: its public
-    ``/monitoring/summary`` would show every endpoint's traffic, of all users, to anyone."""
+    ``/monitoring/summary`` would show every endpoint's traffic, of all users, to anyone. Each session's
+    queue joins go through ``ui.layout.quotas`` first: one client cannot fill the queue."""
     demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
     demo.launch(max_file_size=ctx.caps.max_upload_bytes, state_session_capacity=ctx.caps.max_sessions, css=CSS,
-                enable_monitoring=False, **options)
+                enable_monitoring=False, app_kwargs={"middleware": quotas.middleware(demo, ctx.caps)}, **options)
 
 
 def main(argv: list[str] | None = None) -> None:

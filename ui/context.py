@@ -28,6 +28,11 @@ class Caps:
     max_train_seconds: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_SECONDS", 180))
     max_upload_bytes: int = field(default_factory=lambda: _env_int("GPT2_MAX_UPLOAD_BYTES", 2_000_000))
     queue_size: int = field(default_factory=lambda: _env_int("GPT2_QUEUE_SIZE", 64))
+    # Per-session quotas on that queue (``ui.layout.quotas``): requests a session may have waiting or
+    # running (its page's own follow-ups have an allowance of their own), and fine-tunes waiting or running
+    # on the whole server (one per session), so one client cannot fill the queue or the fine-tune line.
+    max_events_per_session: int = field(default_factory=lambda: _env_int("GPT2_MAX_EVENTS_PER_SESSION", 2))
+    max_queued_finetunes: int = field(default_factory=lambda: _env_int("GPT2_MAX_QUEUED_FINETUNES", 4))
     # Every event that may run the model waits in one pool of this size (``ui.layout.wiring.MODEL_POOL``).
     # 2, a free Space's vCPUs: a third job only splits the same cores three ways (each torch job already
     # uses all of them) and adds its memory; a waiting request sees its place. The old name is still read.
