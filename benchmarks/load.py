@@ -139,7 +139,9 @@ class Server:
 def start_server(args: argparse.Namespace, log_dir: Path, n_users: int) -> Server:
     """``python app.py --model ...`` on a free port with the session TTL set; returns once it answers."""
     port = free_port()
-    env = {**os.environ, "GPT2_SESSION_TTL": str(args.ttl), "GRADIO_SERVER_NAME": "127.0.0.1",
+    # Every simulated user comes from 127.0.0.1: no per-address limit on new sessions (unless set here)
+    env = {"GPT2_NEW_SESSIONS_PER_MINUTE": "0", **os.environ, "GPT2_SESSION_TTL": str(args.ttl),
+           "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     log = log_dir / f"server-{n_users}-users.log"
     with log.open("w") as out:  # the child keeps its own copy of the descriptor

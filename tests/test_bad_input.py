@@ -197,6 +197,9 @@ API_CASES: list[Case] = [
          seconds=5),
     Case("/generate 300k-character text prompt", "/generate", generate(prompt=HUGE_TEXT),
          ok("4 tokens", "cropped", part=1), seconds=5),
+    # a request body over GPT2_MAX_REQUEST_BYTES (a 50 MB prompt) is refused before Gradio reads it (HTTP 413)
+    Case("/generate prompt over the request cap", "/generate", generate(prompt="a" * (CAPS.max_request_bytes + 1)),
+         refused("too large", rf"{CAPS.max_request_bytes:,} bytes"), http=True),
     Case("/generate control characters", "/generate", generate(prompt=CONTROL), ok("4 tokens", part=1)),
     Case("/generate <|endoftext|> prompt", "/generate", generate(prompt=EOT), ok("4 tokens", part=1)),
     Case("/generate <|endoftext|> inside", "/generate", generate(prompt=f"a{EOT}b{EOT}{EOT}c"), ok("4 tokens", part=1)),

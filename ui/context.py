@@ -41,6 +41,23 @@ class Caps:
     session_ttl_s: int = field(default_factory=lambda: _env_int("GPT2_SESSION_TTL", 1800))
     # Gradio keeps ~200 kB of bookkeeping per browser session until this many exist (its default: 10,000)
     max_sessions: int = field(default_factory=lambda: _env_int("GPT2_MAX_SESSIONS", 2000))
+    # New sessions a client address may start in any minute (``ui.layout.sessions``; 0: no limit), so a flood
+    # of new session hashes cannot evict active users; a page or a gradio_client Client is one session.
+    new_sessions_per_minute: int = field(default_factory=lambda: _env_int("GPT2_NEW_SESSIONS_PER_MINUTE", 30))
+    # Behind a proxy (a Hugging Face Space, or ``GPT2_TRUST_FORWARDED=1``) the client's address is the first
+    # of ``X-Forwarded-For``; otherwise the header is ignored (any client could write it).
+    trust_forwarded: bool = field(default_factory=lambda: os.environ.get("GPT2_TRUST_FORWARDED", "") == "1"
+                                  or bool(os.environ.get("SPACE_ID")))
+    # Request size (``ui.layout.limits``): every request body at most this many bytes (by default twice
+    # the upload cap and 64 KiB: a /finetune with the largest pasted text, even JSON-escaped as \uXXXX,
+    # or a multipart upload of the largest file), and files per upload request (the page sends one).
+    max_request_bytes: int = field(default_factory=lambda: _env_int(
+        "GPT2_MAX_REQUEST_BYTES", 2 * _env_int("GPT2_MAX_UPLOAD_BYTES", 2_000_000) + 65_536))
+    max_files_per_upload: int = field(default_factory=lambda: _env_int("GPT2_MAX_FILES_PER_UPLOAD", 1))
+    # Upload bytes one client address may send in an hour (0: no limit): uploads need no session, and
+    # Gradio keeps them an hour; 50 MB is 25 uploads of the largest file.
+    max_upload_bytes_per_hour: int = field(default_factory=lambda: _env_int("GPT2_MAX_UPLOAD_BYTES_PER_HOUR",
+                                                                            50_000_000))
 
 
 @dataclass
