@@ -136,17 +136,21 @@ class Server:
         return problems
 
 
-def start_server(args: argparse.Namespace, log_dir: Path, n_users: int) -> Server:
-    """``python app.py --model ...`` on a free port with the session TTL set; returns once it answers."""
+def start_server(args: argparse.Namespace, log_dir: Path, n_users: int | str, *, lift_session_limit: bool = True,
+                 model: str | None = None) -> Server:
+    """``python app.py --model ...`` on a free port with the session TTL set; returns once it answers.
+    ``n_users`` names the log (a number, or a scenario's name); ``benchmarks/attack.py`` keeps the per-address
+    session limit (``lift_session_limit=False``) and may pass another ``model``."""
     port = free_port()
     # Every simulated user comes from 127.0.0.1: no per-address limit on new sessions (unless set here)
-    env = {"GPT2_NEW_SESSIONS_PER_MINUTE": "0", **os.environ, "GPT2_SESSION_TTL": str(args.ttl),
+    lifted = {"GPT2_NEW_SESSIONS_PER_MINUTE": "0"} if lift_session_limit else {}
+    env = {**lifted, **os.environ, "GPT2_SESSION_TTL": str(args.ttl),
            "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    log = log_dir / f"server-{n_users}-users.log"
-    with log.open("w") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "app.py", "--model", args.model], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # Ctrl-C reaches us, not it
+    log = log_dir / (f"server-{n_users}-users.log" if isinstance(n_users, int) else f"server-{n_users}.log")
+    with log.open("w") as out:  # the child keeps its own copy of the descriptor; Ctrl-C reaches us, not it
+        proc = subprocess.Popen([sys.executable, "app.py", "--model", model or args.model], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(proc, f"http://127.0.0.1:{port}/", log)
     try:
         wait_ready(server, args.startup_timeout)

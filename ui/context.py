@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import gpt2
 
+from . import budget
 from .gpu import Gpu, ModelRef
 from .inputs import UserError
 from .models import ModelStore
@@ -58,6 +59,12 @@ class Caps:
     # Gradio keeps them an hour; 50 MB is 25 uploads of the largest file.
     max_upload_bytes_per_hour: int = field(default_factory=lambda: _env_int("GPT2_MAX_UPLOAD_BYTES_PER_HOUR",
                                                                             50_000_000))
+    # Memory budgets shared by all sessions, least recently used out (``ui.budget``): bytes of kept per-step
+    # logits (the Probabilities tab recomputes a dropped step), full fine-tuned copies held (a dropped one is
+    # announced to its session), and seconds a packed download stays on disk after it was last asked for.
+    logits_budget_mb: int = field(default_factory=lambda: _env_int("GPT2_LOGITS_BUDGET_MB", budget.DEFAULT_LOGITS_MB))
+    max_full_copies: int = field(default_factory=lambda: _env_int("GPT2_MAX_FULL_COPIES", budget.DEFAULT_FULL_COPIES))
+    download_ttl_s: int = field(default_factory=lambda: _env_int("GPT2_DOWNLOAD_TTL", budget.DEFAULT_DOWNLOAD_TTL_S))
 
 
 @dataclass
@@ -69,6 +76,7 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.gpu = Gpu(self.store)
+        budget.configure(self.caps.logits_budget_mb, self.caps.max_full_copies, self.caps.download_ttl_s)
 
     def new_session(self) -> Session:
         return Session(model_key=self.default_key)
@@ -80,7 +88,11 @@ class AppContext:
     def ref(self, session: Session, finetuned: bool | None = None) -> ModelRef:
         """The session's model for a job (see ``ui.gpu``). ``finetuned`` None follows the session's
         base/fine-tuned toggle."""
-        use = (session.use_finetuned if finetuned is None else finetuned) and session.has_finetuned()
+        want = session.use_finetuned if finetuned is None else finetuned
+        if want and session.dropped_note and not session.has_finetuned():  # the server's budget dropped it
+            session.use_finetuned = False  # said once; the next request uses the base
+            raise UserError(session.dropped_note)
+        use = want and session.has_finetuned()
         if use:
             return ModelRef(session.model_key, adapter=session.adapter, model=session.finetuned_model)
         return ModelRef(session.model_key)

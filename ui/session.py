@@ -16,10 +16,12 @@ import numpy as np
 
 import gpt2
 
-from . import workdirs
+from . import budget, workdirs
 
 MAX_RECORDS = 8  # generations a session keeps for the other tabs
-LOGIT_RECORDS = 2  # of those, how many keep per-step logits (vocab floats per step: the big part)
+# Of those, how many may keep per-step logits (vocab floats per step: the big part). On top of this rule
+# the logits of all sessions share one server-wide budget, least recently used out (``ui.budget.LOGITS``).
+LOGIT_RECORDS = 2
 
 
 class StopFlag:
@@ -89,7 +91,8 @@ class Session:
     model_key: str
     adapter: object | None = None  # training.LoRAAdapter on the base model ``adapter_base``
     adapter_base: str | None = None
-    finetuned_model: gpt2.GPT2 | None = None  # full fine-tuning keeps its own copy
+    finetuned_model: gpt2.GPT2 | None = None  # full fine-tuning keeps its own copy (``keep_finetuned``)
+    dropped_note: str | None = None  # why the full copy is gone, when the server's budget dropped it
     use_finetuned: bool = False
     records: deque[GenerationRecord] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     stop: threading.Event = field(default_factory=threading.Event)  # Generate's Stop
@@ -114,24 +117,47 @@ class Session:
         record.id = next(self._ids)
         self.records.append(record)
         for old in list(self.records)[:-LOGIT_RECORDS]:  # free the big arrays of older records
-            for d in old.steps:
-                d.logits = None
+            budget.drop_logits(old)
+            budget.LOGITS.dropped(old)
+        budget.LOGITS.add(record)  # may drop other sessions' least recently used logits
 
     def record(self, record_id: int | None) -> GenerationRecord | None:
-        """A kept record by id, or the latest one when ``record_id`` is None."""
+        """A kept record by id, or the latest one when ``record_id`` is None (it counts as used: its
+        logits are the last to go under the server's budget)."""
         if record_id is None:
-            return self.records[-1] if self.records else None
-        return next((r for r in self.records if r.id == record_id), None)
+            found = self.records[-1] if self.records else None
+        else:
+            found = next((r for r in self.records if r.id == record_id), None)
+        if found is not None:
+            budget.LOGITS.touch(found)
+        return found
+
+    def keep_finetuned(self, adapter: object | None, model: gpt2.GPT2 | None, base: str) -> None:
+        """Make ``adapter`` or the full copy ``model`` (trained on ``base``) the session's fine-tuned model.
+        A full copy counts against the server's limit on them (``ui.budget.FULL_COPIES``), which may drop
+        another session's least recently used one."""
+        self.adapter, self.finetuned_model, self.adapter_base = adapter, model, base
+        self.dropped_note = None
+        if model is not None:
+            budget.FULL_COPIES.add(self)
+        else:
+            budget.FULL_COPIES.remove(self)
 
     def has_finetuned(self) -> bool:
-        """Whether a fine-tuned version of the session's current model exists."""
+        """Whether a fine-tuned version of the session's current model exists (asking counts as using a
+        full copy: it is the last to be dropped)."""
         made = self.finetuned_model is not None or self.adapter is not None
+        if self.finetuned_model is not None:
+            budget.FULL_COPIES.touch(self)
         return made and self.adapter_base == self.model_key
 
     def close(self) -> None:
         """Called when the session expires: stop its work and drop its big objects now."""
         self.stop.set()  # training sees its stop flag vanish with the folder
+        for old in self.records:
+            budget.LOGITS.dropped(old)
         self.records.clear()
+        budget.FULL_COPIES.remove(self)
         self.adapter = self.finetuned_model = None
         if self._workdir is not None:
             self._workdir.cleanup()

@@ -258,8 +258,7 @@ def train_job(base: gpt2.GPT2, progress: Progress, run: Run) -> Iterator[tuple[P
 def keep_result(session: Session, key: str, adapter: LoRAAdapter | None, model: gpt2.GPT2 | None) -> None:
     """Make the result this session's fine-tuned model (replacing an earlier one, and its download) and
     switch to it."""
-    session.adapter, session.finetuned_model = adapter, model
-    session.adapter_base = key  # the base it was trained on (``AppContext.ref`` checks it for adapters)
+    session.keep_finetuned(adapter, model, key)  # ``key``: the base it was trained on (``AppContext.ref``)
     session.use_finetuned = True
     (session.workdir / ZIP_NAME).unlink(missing_ok=True)  # a download of the model it replaces
 

@@ -6,7 +6,8 @@ private folder: the client's file name is never part of a path (only its extensi
 against a list). Sizes are checked before a byte is read. Every refusal is a ``UserError`` naming the data.
 
 The fine-tuned model goes out as a .zip in the Hugging Face layout, packed only when the page asks for it
-(``export``): a run keeps its adapter or model in the session, and packing hundreds of MB is slow.
+(``export``): a run keeps its adapter or model in the session, and packing hundreds of MB is slow. The
+.zip is removed ``GPT2_DOWNLOAD_TTL`` seconds after it was last asked for (``ui.budget.DOWNLOADS``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import training
 from gpt2.lora import LoRAAdapter, merge_lora
 from training.data import RecordSplit
 
+from .. import budget
 from ..context import AppContext
 from ..gpu import ModelRef
 from ..inputs import UserError, clean_text
@@ -148,9 +150,10 @@ def export(ctx: AppContext, session: Session) -> Update:
     """Pack this session's fine-tuned model for download (a .zip in the Hugging Face layout: config.json +
     model.safetensors, LoRA merged into the weights); the download button, with the file."""
     if session.adapter is None and session.finetuned_model is None:
-        raise UserError("Nothing fine-tuned yet: fine-tune a model first, then download it.")
+        raise UserError(session.dropped_note or "Nothing fine-tuned yet: fine-tune a model first, then download it.")
     target = session.workdir / ZIP_NAME
-    if not target.is_file():  # packed once per result (``keep_result`` removes the old one)
+    budget.DOWNLOADS.keep(target)  # removed GPT2_DOWNLOAD_TTL s from now (Gradio serves its own copy)
+    if not target.is_file():  # packed once per result (``keep_result`` removes the old one), again once removed
         ref = ModelRef(session.adapter_base, model=session.finetuned_model)
         ctx.gpu.call(export_job, ref, session.adapter, session.workdir, seconds=EXPORT_SECONDS)
     return update(value=str(target), visible=True, label=f"Save {ZIP_NAME} ({size_text(target.stat().st_size)})")

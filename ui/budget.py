@@ -1,0 +1,197 @@
+"""Server-wide memory budgets for the heavy per-session data, least recently used first out.
+
+A session's light data (its records' text, tokens and settings) stays for the session's life. The heavy
+parts are held under budgets shared by every session, so abandoned sessions (an API client never closes
+a page) cannot pile them up:
+
+- **Kept logits** (``LOGITS``): a record's per-step raw logits (fp16, vocabulary-sized, per generated
+  token: 25.7 MB for 256 tokens of GPT-2) count against ``GPT2_LOGITS_BUDGET_MB`` across all sessions.
+  When a new record goes over it, the least recently used records (made or read) lose theirs; the
+  Probabilities tab recomputes a dropped step's logits on demand, with a note.
+- **Full fine-tuned copies** (``FULL_COPIES``): at most ``GPT2_MAX_FULL_COPIES`` sessions hold one (about
+  0.5 GB each for a 124M model). A new one drops the least recently used session's copy; that session is
+  told so the next time it asks for it (``Session.dropped_note``). LoRA adapters are small and stay.
+- **Downloads** (``DOWNLOADS``): a packed .zip is removed ``GPT2_DOWNLOAD_TTL`` seconds after it was last
+  asked for (Gradio has served its own copy by then); asking again packs it again.
+
+Entries are weak references: a closed or evicted session (or a record it no longer keeps) frees its share
+with no call here. Everything is thread-safe (handlers run in Gradio's worker threads).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LOGITS_MB = 200
+DEFAULT_FULL_COPIES = 2
+DEFAULT_DOWNLOAD_TTL_S = 300
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def record_logit_bytes(record: Any) -> int:
+    """Bytes of the per-step logits ``record`` still holds."""
+    return sum(d.logits.nbytes for d in record.steps if getattr(d, "logits", None) is not None)
+
+
+def drop_logits(record: Any) -> None:
+    for d in record.steps:
+        d.logits = None
+
+
+class LogitBudget:
+    """Records holding per-step logits, least recently used first; at most ``limit_bytes`` of logits in
+    all (the most recently used record keeps its own even when it alone is over)."""
+
+    def __init__(self, limit_bytes: int | None = None) -> None:
+        self.limit_bytes = (env_int("GPT2_LOGITS_BUDGET_MB", DEFAULT_LOGITS_MB) * 1_000_000
+                            if limit_bytes is None else limit_bytes)
+        self._lock = threading.RLock()  # re-entrant: a weakref callback may run inside a locked section
+        self._entries: OrderedDict[int, tuple[weakref.ref, int]] = OrderedDict()  # id -> (record, bytes)
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._entries[key]
+
+    def add(self, record: Any) -> None:
+        """A record was made (its logits counted now), or read: it becomes the most recently used; the
+        least recently used records lose their logits while the total is over the limit."""
+        with self._lock:
+            key = id(record)
+            entry = self._entries.get(key)
+            if entry is not None and entry[0]() is record:
+                self._entries.move_to_end(key)
+            else:
+                size = record_logit_bytes(record)
+                if not size:
+                    return
+                ref = weakref.ref(record, lambda r, key=key: self._forget(key, r))
+                self._entries[key] = (ref, size)
+            self._evict()
+
+    touch = add  # reading a record counts as using it (only records still holding logits are tracked)
+
+    def _evict(self) -> None:
+        total = sum(size for _, size in self._entries.values())
+        while total > self.limit_bytes and len(self._entries) > 1:
+            _, (ref, size) = self._entries.popitem(last=False)
+            total -= size
+            record = ref()
+            if record is not None:
+                drop_logits(record)
+
+    def dropped(self, record: Any) -> None:
+        """``record``'s logits were freed elsewhere (the per-session rule, a closed session)."""
+        with self._lock:
+            entry = self._entries.get(id(record))
+            if entry is not None and entry[0]() is record:
+                del self._entries[id(record)]
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(size for ref, size in self._entries.values() if ref() is not None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for ref, _ in self._entries.values() if ref() is not None)
+
+
+def full_copy_note(limit: int) -> str:
+    return (f"Your full fine-tuned model was dropped to make room (this server keeps at most {limit} full "
+            "fine-tuned copies, for all users). This session now uses the base model: fine-tune again, or "
+            "use LoRA, whose adapters are small and are kept.")
+
+
+class FullCopies:
+    """Sessions holding a full fine-tuned copy, least recently used first; at most ``limit``."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = env_int("GPT2_MAX_FULL_COPIES", DEFAULT_FULL_COPIES) if limit is None else limit
+        self._lock = threading.RLock()
+        self._entries: OrderedDict[int, weakref.ref] = OrderedDict()  # id(session) -> session
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        with self._lock:
+            if self._entries.get(key) is ref:
+                del self._entries[key]
+
+    def _live(self, session: Any) -> bool:
+        ref = self._entries.get(id(session))
+        return ref is not None and ref() is session
+
+    def add(self, session: Any) -> None:
+        """``session`` now holds a full copy (most recently used); the least recently used other sessions
+        lose theirs while more than ``limit`` are held."""
+        with self._lock:
+            key = id(session)
+            if self._live(session):
+                self._entries.move_to_end(key)
+            else:
+                self._entries[key] = weakref.ref(session, lambda r, key=key: self._forget(key, r))
+            while len(self._entries) > max(1, self.limit):
+                _, ref = self._entries.popitem(last=False)
+                other = ref()
+                if other is not None and other.finetuned_model is not None:
+                    other.finetuned_model = None
+                    other.dropped_note = full_copy_note(self.limit)
+
+    def touch(self, session: Any) -> None:
+        with self._lock:
+            if self._live(session):
+                self._entries.move_to_end(id(session))
+
+    def remove(self, session: Any) -> None:
+        with self._lock:
+            if self._live(session):
+                del self._entries[id(session)]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for ref in self._entries.values() if ref() is not None)
+
+
+class Downloads:
+    """Packed downloads, each removed ``ttl_s`` after it was last asked for."""
+
+    def __init__(self, ttl_s: float | None = None) -> None:
+        self.ttl_s = float(env_int("GPT2_DOWNLOAD_TTL", DEFAULT_DOWNLOAD_TTL_S) if ttl_s is None else ttl_s)
+        self._lock = threading.Lock()
+        self._due: dict[Path, object] = {}  # path -> the token of its latest timer
+
+    def keep(self, path: Path, ttl_s: float | None = None) -> None:
+        """Remove ``path`` in ``ttl_s`` seconds (default ``GPT2_DOWNLOAD_TTL``), unless asked for again."""
+        token = object()
+        with self._lock:
+            self._due[path] = token
+        timer = threading.Timer(self.ttl_s if ttl_s is None else ttl_s, self._expire, (path, token))
+        timer.daemon = True
+        timer.start()
+
+    def _expire(self, path: Path, token: object) -> None:
+        with self._lock:
+            if self._due.get(path) is not token:
+                return  # asked for again since: a later timer removes it
+            del self._due[path]
+            path.unlink(missing_ok=True)
+
+
+LOGITS = LogitBudget()
+FULL_COPIES = FullCopies()
+DOWNLOADS = Downloads()
+
+
+def configure(logits_mb: int, full_copies: int, download_ttl_s: float) -> None:
+    """Set the server's budgets (``AppContext`` does, from its ``Caps``)."""
+    LOGITS.limit_bytes = logits_mb * 1_000_000
+    FULL_COPIES.limit = full_copies
+    DOWNLOADS.ttl_s = float(download_ttl_s)
