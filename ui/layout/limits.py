@@ -13,7 +13,7 @@ A small ASGI middleware (installed by ``app.launch`` through ``Blocks.launch(app
 - **Upload volume per address:** the upload bodies one client address (``ui.layout.sessions``'s
   ``client_address``: the forwarded one behind a trusted proxy) sent in the last hour may total at most
   ``caps.max_upload_bytes_per_hour`` (0: no limit); uploads need no session, so the address is the
-  only key, and Gradio keeps uploaded files in its cache for an hour (``delete_cache``): this bounds the
+  only key, and Gradio keeps uploaded files in its cache for 15 minutes (``delete_cache``): this bounds the
   disk one client can fill.
 
 A body is read whole (it is at most the cap) before the app sees it, then handed to the app unchanged.

@@ -87,7 +87,9 @@ def _close_sessions_on_close(demo: gr.Blocks, state: gr.State) -> None:
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
     """The whole app; every tab gets the same ``Page``."""
-    with gr.Blocks(title="GPT-2 Playground", delete_cache=(600, 3600)) as demo:  # drop old served files
+    # Gradio's copies of uploads and served files (a fine-tuned model's zip: hundreds of MB) go after 15
+    # minutes, checked every minute: long enough to start a run on an upload, short for a big download.
+    with gr.Blocks(title="GPT-2 Playground", delete_cache=(60, 900)) as demo:
         state = gr.State(None, time_to_live=ctx.caps.session_ttl_s, delete_callback=_close)
         page = Page(ctx, state, Wiring(ctx, state), Links())
         gr.Markdown(INTRO)
