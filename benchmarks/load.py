@@ -1,4 +1,6 @@
 """Many users (issue 5): N concurrent ``gradio_client`` sessions against the real app for a fixed time.
+``--attack`` runs the attacks of issue 10 instead (``attack.py``: a flooding session, abandoned sessions,
+heavy analyses; its own options follow).
 
 For each N (a lone user first, as the baseline, then each ``--users`` value) the script starts
 ``python app.py`` as its own server process on a free local port, with ``GPT2_SESSION_TTL`` set to
@@ -519,4 +521,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--attack" in sys.argv[1:]:  # the attack mode (issue 10) lives in attack.py, which uses this module
+        sys.argv.remove("--attack")
+        from attack import main as attack
+
+        attack()
+    else:
+        main()
