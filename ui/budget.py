@@ -14,13 +14,13 @@ a page) cannot pile them up:
 - **Downloads** (``DOWNLOADS``): a packed .zip is removed ``GPT2_DOWNLOAD_TTL`` seconds after it was last
   asked for (Gradio has served its own copy by then); asking again packs it again.
 
-Entries are weak references: a closed or evicted session (or a record it no longer keeps) frees its share
-with no call here. Everything is thread-safe (handlers run in Gradio's worker threads).
+The limits come from the server's ``Caps`` (``configure``, called by ``AppContext``; the environment
+variables are read there). Entries are weak references: a closed or evicted session (or a record it no
+longer keeps) frees its share with no call here. Everything is thread-safe (handlers run in Gradio's worker threads).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -30,10 +30,6 @@ from typing import Any
 DEFAULT_LOGITS_MB = 200
 DEFAULT_FULL_COPIES = 2
 DEFAULT_DOWNLOAD_TTL_S = 300
-
-
-def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
 
 
 def record_logit_bytes(record: Any) -> int:
@@ -51,8 +47,7 @@ class LogitBudget:
     all (the most recently used record keeps its own even when it alone is over)."""
 
     def __init__(self, limit_bytes: int | None = None) -> None:
-        self.limit_bytes = (env_int("GPT2_LOGITS_BUDGET_MB", DEFAULT_LOGITS_MB) * 1_000_000
-                            if limit_bytes is None else limit_bytes)
+        self.limit_bytes = DEFAULT_LOGITS_MB * 1_000_000 if limit_bytes is None else limit_bytes
         self._lock = threading.RLock()  # re-entrant: a weakref callback may run inside a locked section
         self._entries: OrderedDict[int, tuple[weakref.ref, int]] = OrderedDict()  # id -> (record, bytes)
 
@@ -116,7 +111,7 @@ class FullCopies:
     """Sessions holding a full fine-tuned copy, least recently used first; at most ``limit``."""
 
     def __init__(self, limit: int | None = None) -> None:
-        self.limit = env_int("GPT2_MAX_FULL_COPIES", DEFAULT_FULL_COPIES) if limit is None else limit
+        self.limit = DEFAULT_FULL_COPIES if limit is None else limit
         self._lock = threading.RLock()
         self._entries: OrderedDict[int, weakref.ref] = OrderedDict()  # id(session) -> session
 
@@ -164,7 +159,7 @@ class Downloads:
     """Packed downloads, each removed ``ttl_s`` after it was last asked for."""
 
     def __init__(self, ttl_s: float | None = None) -> None:
-        self.ttl_s = float(env_int("GPT2_DOWNLOAD_TTL", DEFAULT_DOWNLOAD_TTL_S) if ttl_s is None else ttl_s)
+        self.ttl_s = float(DEFAULT_DOWNLOAD_TTL_S if ttl_s is None else ttl_s)
         self._lock = threading.Lock()
         self._due: dict[Path, object] = {}  # path -> the token of its latest timer
 
