@@ -33,13 +33,7 @@ from typing import Any
 from starlette.middleware import Middleware
 
 from ..context import Caps
-
-try:
-    from .sessions import client_address
-except ImportError:  # without the session rate limits: the socket's peer
-    def client_address(scope: Any, trust_forwarded: bool) -> str:
-        client = scope.get("client")
-        return str(client[0]) if client else "?"
+from .sessions import client_address
 
 HOUR = 3600.0
 
