@@ -6,10 +6,15 @@ from .lora import LoRAAdapter, LoRAConfig, LoRALinear, install_lora, merge_lora,
 from .model import GPT2, KVCache, Trace
 from .sampling import (
     SamplingParams,
+    apply_epsilon,
+    apply_eta,
+    apply_min_p,
+    apply_no_repeat_ngram,
     apply_repetition_penalty,
     apply_temperature,
     apply_top_k,
     apply_top_p,
+    apply_typical,
     process_logits,
     sample,
     sampler_stages,
@@ -20,6 +25,7 @@ from .weights import HUB_MODELS, CheckpointError
 __all__ = [
     "GPT2", "GPTConfig", "PRESETS", "KVCache", "Trace", "SamplingParams", "process_logits", "sampler_stages",
     "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "sample",
+    "apply_no_repeat_ngram", "apply_min_p", "apply_typical", "apply_epsilon", "apply_eta",
     "generate", "generate_text", "Step", "StepDetails", "get_tokenizer", "encode", "token_display",
     "EOT_ID", "EOT_TOKEN", "HUB_MODELS", "CheckpointError",
     "LoRAAdapter", "LoRAConfig", "LoRALinear", "install_lora", "merge_lora", "use_adapter", "with_adapter",

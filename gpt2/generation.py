@@ -17,7 +17,14 @@ import torch
 
 from .config import GPTConfig
 from .model import GPT2, KVCache, Trace
-from .sampling import SamplingParams, apply_repetition_penalty, make_generator, process_logits, sample
+from .sampling import (
+    SamplingParams,
+    apply_no_repeat_ngram,
+    apply_repetition_penalty,
+    make_generator,
+    process_logits,
+    sample,
+)
 from .tokenizer import EOT_ID, encode, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -102,11 +109,11 @@ def _prompt(prompt_ids: Sequence[int], config: GPTConfig) -> tuple[list[int], st
     return ids[-config.block_size :], notice
 
 
-def _check_ids(ids: list[int], vocab_size: int) -> None:
+def _check_ids(ids: list[int], vocab_size: int, name: str = "prompt_ids") -> None:
     """Refuse ids the embedding cannot look up, naming them (instead of an IndexError deep in the model)."""
     bad = [t for t in ids if not 0 <= t < vocab_size]
     if bad:
-        raise ValueError(f"prompt_ids must be token ids from 0 to {vocab_size - 1} (this model's vocabulary); "
+        raise ValueError(f"{name} must be token ids from 0 to {vocab_size - 1} (this model's vocabulary); "
                          f"got {', '.join(map(str, bad[:3]))}{' …' if len(bad) > 3 else ''}")
 
 
@@ -175,11 +182,12 @@ def _pick(logits: torch.Tensor, prev_ids: torch.Tensor, params: SamplingParams, 
     """The processed logits and the next token (its ``int`` is the step's one device sync).
 
     ``fast_greedy`` (greedy, no details asked) only needs the arg-max: temperature 0 keeps just the
-    arg-max token and top-k/top-p always keep the top one, so only the repetition penalty can change the
-    pick. Skipping the other stages saves a masked vocabulary-sized copy (and a second arg-max) per token.
+    arg-max token and every later filter keeps the top one, so only the repetition penalty and the n-gram
+    ban can change the pick. Skipping the other stages saves masked vocabulary-sized copies per token.
     """
     if fast_greedy:
         processed = apply_repetition_penalty(logits, prev_ids, params.repetition_penalty)
+        processed = apply_no_repeat_ngram(processed, prev_ids, params.no_repeat_ngram_size)
     else:
         processed = process_logits(logits, prev_ids, params)
     return processed, int(sample(processed, params, gen))
@@ -209,6 +217,7 @@ def generate(
     top_candidates: int = 0,
     attention: bool = False,
     keep_logits: bool = False,
+    forced_ids: Sequence[int] = (),
 ) -> Iterator[Step]:
     """Yield one ``Step`` per new token until ``max_new_tokens``, ``<|endoftext|>`` or a stop string.
 
@@ -216,8 +225,12 @@ def generate(
     than the context is cropped from the left; past the context the window slides (re-prefilling the
     last three quarters), with a notice on the step where either happens. Ids outside the model's
     vocabulary are refused with a ``ValueError``.
+
+    ``forced_ids`` are taken as the first new tokens instead of the picks (a branch from a candidate): each
+    step still draws, so what follows uses the same random numbers as an unforced run with the same seed.
     """
     ids, notice = _prompt(prompt_ids, model.config)
+    _check_ids(list(forced_ids), model.config.vocab_size, "forced_ids")
     all_ids, cache = _start(model, ids, params.max_new_tokens)
     n, start = len(ids), 0  # tokens so far (prompt + generated) in all_ids; first token inside the window
     gen = make_generator(params.seed, model.device)
@@ -227,6 +240,7 @@ def generate(
     logits, trace = _forward(model, all_ids[:n], cache, attention)  # prefill
     for i in range(params.max_new_tokens):
         processed, token = _pick(logits, all_ids[:n], params, gen, fast_greedy)
+        token = forced_ids[i] if i < len(forced_ids) else token
         all_ids = _append(all_ids, n, token)
         n += 1
         details = (

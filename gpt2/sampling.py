@@ -1,7 +1,8 @@
 """Sampling as pure ``logits -> logits`` stages plus one draw, with Hugging Face's semantics.
 
-Stages run in this order: repetition penalty, temperature, top-k, top-p. Each takes logits ``(..., V)``
-and returns new logits (``-inf`` for removed tokens); none changes its input.
+Stages run in transformers' order: repetition penalty, no-repeat n-gram, temperature, top-k, top-p, min-p,
+typical, epsilon, eta. Each takes logits ``(..., V)`` and returns new logits (``-inf`` for removed tokens);
+none changes its input, and every filter keeps at least the most likely token (``min_tokens_to_keep=1``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick each next token. ``0`` (top-k) and ``1.0`` (top-p, penalty) switch a stage off;
-    ``temperature=0`` means greedy. ``seed`` fixes the random draws (same seed, same text)."""
+    """How to pick each next token. Every stage's default switches it off: ``0`` (top-k, min-p, epsilon,
+    eta, n-gram size) or ``1.0`` (top-p, typical-p, penalty). ``temperature=0`` means greedy. ``seed``
+    fixes the random draws (same seed, same text)."""
 
     temperature: float = 1.0
     top_k: int = 0
@@ -26,6 +28,11 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings: generation ends before the first one (not included)
     stop_at_eos: bool = True  # end at <|endoftext|>
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         _check_float("temperature", self.temperature, 0.0, math.inf, "a number >= 0 (0 = greedy)")
@@ -34,6 +41,11 @@ class SamplingParams:
         _check_float("repetition_penalty", self.repetition_penalty, 0.0, math.inf, "a number > 0 (1 = off)",
                      open_low=True)
         _check_int("max_new_tokens", self.max_new_tokens, 1, "an integer >= 1")
+        _check_float("min_p", self.min_p, 0.0, 1.0, "a number in [0, 1] (0 = off)")
+        _check_float("typical_p", self.typical_p, 0.0, 1.0, "a number in (0, 1] (1 = off)", open_low=True)
+        _check_float("epsilon_cutoff", self.epsilon_cutoff, 0.0, 1.0, "a number in [0, 1) (0 = off)", open_high=True)
+        _check_float("eta_cutoff", self.eta_cutoff, 0.0, 1.0, "a number in [0, 1) (0 = off)", open_high=True)
+        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "an integer >= 0 (0 = off)")
         if self.seed is not None:
             _check_int("seed", self.seed, 0, "an integer in [0, 2**63) or None", high=2**63 - 1)
         if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
@@ -47,9 +59,9 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def _check_float(name, value, low, high, allowed, open_low=False) -> None:
+def _check_float(name, value, low, high, allowed, open_low=False, open_high=False) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and value <= high
+    ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
     if not ok:
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
 
@@ -112,26 +124,111 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-STAGES = ("raw", "repetition penalty", "temperature", "top-k", "top-p")
+def apply_no_repeat_ngram(logits: torch.Tensor, context_ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Ban every token that would complete an ``n``-gram already in the context (prompt included), as
+    HF's ``NoRepeatNGramLogitsProcessor``. ``context_ids`` is ``(T,)`` for ``(V,)`` logits, else ``(B, T)``."""
+    T = context_ids.size(-1)
+    if n <= 0 or T < n:
+        return logits
+    ids = context_ids.to(logits.device).reshape(-1, T)  # (B, T)
+    windows = ids.unfold(1, n, 1)  # (B, T-n+1, n): every n-gram so far
+    matches = (windows[..., :-1] == ids[:, None, T - n + 1 :]).all(dim=-1)  # (B, T-n+1): same n-1 as the end
+    V = logits.size(-1)
+    banned = torch.zeros(ids.size(0), V + 1, dtype=torch.bool, device=logits.device)  # column V: "none"
+    banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=V), V), True)
+    mask = banned[:, :V] if logits.dim() > 1 else banned[0, :V]
+    return logits.masked_fill(mask, float("-inf"))
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep tokens whose probability is at least ``min_p`` times the top token's."""
+    if min_p <= 0:
+        return logits
+    probs = logits.softmax(dim=-1)
+    remove = probs < min_p * probs.amax(dim=-1, keepdim=True)
+    remove.scatter_(-1, probs.argmax(dim=-1, keepdim=True), False)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def apply_typical(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling: keep the tokens whose surprisal is closest to the entropy, until their
+    probability reaches ``mass``."""
+    if mass >= 1.0:
+        return logits
+    logp = logits.log_softmax(dim=-1)
+    entropy = -(logp * logp.exp()).nansum(-1, keepdim=True)
+    shifted = (-logp - entropy).abs()
+    sorted_shift, order = torch.sort(shifted, descending=False)
+    cum = logits.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+    last = (cum < mass).sum(dim=-1, keepdim=True).clamp_(max=logits.size(-1) - 1)
+    remove_sorted = sorted_shift > sorted_shift.gather(-1, last)
+    remove_sorted[..., :1] = False
+    return logits.masked_fill(remove_sorted.scatter(-1, order, remove_sorted), float("-inf"))
+
+
+def _cut_below(logits: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """Remove tokens with probability under ``threshold``, always keeping the top one."""
+    remove = logits.softmax(dim=-1) < threshold
+    remove &= logits < logits.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def apply_epsilon(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Epsilon sampling: keep tokens with probability at least ``epsilon``."""
+    return logits if epsilon <= 0 else _cut_below(logits, epsilon)
+
+
+def apply_eta(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Eta sampling: an entropy-dependent cut-off ``min(epsilon, sqrt(epsilon) * exp(-entropy))``."""
+    if epsilon <= 0:
+        return logits
+    logp = logits.log_softmax(dim=-1)
+    entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1, keepdim=True)
+    eps = torch.tensor(epsilon, dtype=logits.dtype, device=logits.device)
+    return _cut_below(logits, torch.minimum(eps, eps.sqrt() * torch.exp(-entropy)))
+
+
+STAGES = ("raw", "repetition penalty", "no-repeat n-gram", "temperature", "top-k", "top-p", "min-p", "typical",
+          "epsilon", "eta")
+
+
+def _stage_fns(context_ids: torch.Tensor, p: SamplingParams):
+    return (
+        lambda x: apply_repetition_penalty(x, context_ids, p.repetition_penalty),
+        lambda x: apply_no_repeat_ngram(x, context_ids, p.no_repeat_ngram_size),
+        lambda x: apply_temperature(x, p.temperature),
+        lambda x: apply_top_k(x, p.top_k),
+        lambda x: apply_top_p(x, p.top_p),
+        lambda x: apply_min_p(x, p.min_p),
+        lambda x: apply_typical(x, p.typical_p),
+        lambda x: apply_epsilon(x, p.epsilon_cutoff),
+        lambda x: apply_eta(x, p.eta_cutoff),
+    )
 
 
 def sampler_stages(
     logits: torch.Tensor, context_ids: torch.Tensor, params: SamplingParams
 ) -> list[tuple[str, torch.Tensor]]:
     """The logits after each stage, in order, starting with the raw ones (for visualisation)."""
+    context_ids = _as_ids(context_ids)
     out = [("raw", logits)]
-    out.append(("repetition penalty", apply_repetition_penalty(out[-1][1], context_ids, params.repetition_penalty)))
-    out.append(("temperature", apply_temperature(out[-1][1], params.temperature)))
-    out.append(("top-k", apply_top_k(out[-1][1], params.top_k)))
-    out.append(("top-p", apply_top_p(out[-1][1], params.top_p)))
+    for name, fn in zip(STAGES[1:], _stage_fns(context_ids, params), strict=True):
+        out.append((name, fn(out[-1][1])))
     return out
+
+
+def _as_ids(context_ids) -> torch.Tensor:
+    if torch.is_tensor(context_ids):
+        return context_ids
+    return torch.as_tensor(list(context_ids), dtype=torch.long)
 
 
 def process_logits(logits: torch.Tensor, context_ids, params: SamplingParams) -> torch.Tensor:
     """What the sampler draws from: every stage applied to ``logits`` (``(V,)`` or ``(B, V)``)."""
-    if not torch.is_tensor(context_ids):
-        context_ids = torch.as_tensor(list(context_ids), dtype=torch.long)
-    return sampler_stages(logits, context_ids, params)[-1][1]
+    x = logits
+    for fn in _stage_fns(_as_ids(context_ids), params):
+        x = fn(x)
+    return x
 
 
 def sample(processed: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:

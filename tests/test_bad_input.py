@@ -128,6 +128,7 @@ compare = _inputs(dict(prompt="The cat", max_new_tokens=4, temperature_a=1.0, to
 attention = _inputs(dict(text="The cat sat on the mat.", source="text", record=None, layer=0, head=0,
                          view="one head", query=0, step=0, scale="fitted to the data"))
 step_probabilities = _inputs(dict(record=None, step=0, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0))
+# (BUILDERS: one line per new endpoint below, in its API order)
 TRAIN_TEXT = " ".join(f"The cat number {i} sat on the mat." for i in range(60))
 finetune = _inputs(dict(text=TRAIN_TEXT, file=None, column="text", mode="LoRA", steps=1, learning_rate=1e-2,
                         batch_size=1, block_size=8, lora_rank=2, sample_prompt="The", seed=0))
@@ -374,6 +375,10 @@ API_CASES: list[Case] = [
     # current model's description as if the switch had worked
     Case("/load_model a listed hub model offline", "/load_model", ("distilgpt2",),
          refused("distilgpt2", r"hf download|connection|offline")),
+    # ---- /generate: decoding choice and advanced samplers (GENERATE-ROWS)
+    # ---- /step_probabilities stages and /branch (BRANCH-ROWS)
+    # ---- /beam_search (BEAM-ROWS)
+    # ---- /diversity (DIVERSITY-ROWS)
 ]
 
 

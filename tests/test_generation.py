@@ -169,3 +169,31 @@ def test_concurrent_clients_each_get_their_own_result(tiny_model):
         results = pool.map(lambda s: ids_of(tiny_model, prompts[s], params[s]), prompts)
         together = dict(zip(prompts, results, strict=True))
     assert together == alone
+
+
+def test_forced_tokens_branch_and_keep_the_random_stream(tiny_model):
+    """A branch forces its first tokens; the draws after them are the parent run's (same seed): forcing the
+    token the parent picked anyway gives the parent's text, forcing another gives a different run."""
+    params = gpt2.SamplingParams(max_new_tokens=12, seed=7, temperature=1.2)
+    parent = [s.token_id for s in gpt2.generate(tiny_model, [1, 2, 3], params)]
+    same = [s.token_id for s in gpt2.generate(tiny_model, [1, 2, 3], params, forced_ids=parent[:4])]
+    assert same == parent
+    other = (parent[3] + 1) % tiny_model.config.vocab_size
+    branch = [s.token_id for s in gpt2.generate(tiny_model, [1, 2, 3], params, forced_ids=[*parent[:3], other])]
+    assert branch[:4] == [*parent[:3], other] and len(branch) == 12
+
+
+def test_forced_ids_outside_the_vocabulary_are_refused(tiny_model):
+    with pytest.raises(ValueError, match="forced_ids"):
+        next(gpt2.generate(tiny_model, [1], gpt2.SamplingParams(max_new_tokens=2), forced_ids=[10**9]))
+
+
+def test_greedy_no_repeat_ngram_matches_transformers(tiny_model, hf_tiny):
+    """The n-gram ban in a greedy run, against transformers' generate on the same weights."""
+    hf = hf_tiny
+    prompt = [5, 6, 7, 5, 6]
+    params = gpt2.SamplingParams(temperature=0, max_new_tokens=20, no_repeat_ngram_size=2, stop_at_eos=False)
+    ours = [s.token_id for s in gpt2.generate(tiny_model, prompt, params)]
+    ref = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, no_repeat_ngram_size=2,
+                      min_new_tokens=20, pad_token_id=0)[0, len(prompt):].tolist()
+    assert ours == ref

@@ -18,12 +18,22 @@ def hf_process(logits, context, params):
     ids = context[None]
     if params.repetition_penalty != 1.0:
         scores = lp.RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, scores)
+    if params.no_repeat_ngram_size:
+        scores = lp.NoRepeatNGramLogitsProcessor(params.no_repeat_ngram_size)(ids, scores)
     if params.temperature != 1.0:
         scores = lp.TemperatureLogitsWarper(params.temperature)(ids, scores)
     if params.top_k:
         scores = lp.TopKLogitsWarper(params.top_k)(ids, scores)
     if params.top_p < 1.0:
         scores = lp.TopPLogitsWarper(params.top_p)(ids, scores)
+    if params.min_p:
+        scores = lp.MinPLogitsWarper(params.min_p)(ids, scores)
+    if params.typical_p < 1.0:
+        scores = lp.TypicalLogitsWarper(params.typical_p)(ids, scores)
+    if params.epsilon_cutoff:
+        scores = lp.EpsilonLogitsWarper(params.epsilon_cutoff)(ids, scores)
+    if params.eta_cutoff:
+        scores = lp.EtaLogitsWarper(params.eta_cutoff)(ids, scores)
     return scores[0]
 
 
@@ -37,6 +47,13 @@ CASES = [
     dict(top_p=0.0),
     dict(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.2),
     dict(temperature=1.3, top_p=0.5, repetition_penalty=1.05),
+    dict(min_p=0.05), dict(min_p=1.0), dict(temperature=1.5, min_p=0.1),
+    dict(typical_p=0.9), dict(typical_p=0.2), dict(typical_p=1e-6), dict(top_k=100, typical_p=0.5),
+    dict(epsilon_cutoff=3e-4), dict(epsilon_cutoff=0.5), dict(temperature=2.0, epsilon_cutoff=1e-3),
+    dict(eta_cutoff=3e-4), dict(eta_cutoff=0.2), dict(top_p=0.9, eta_cutoff=2e-3),
+    dict(no_repeat_ngram_size=1), dict(no_repeat_ngram_size=2), dict(no_repeat_ngram_size=3),
+    dict(temperature=0.9, top_k=60, top_p=0.95, min_p=0.02, typical_p=0.95, epsilon_cutoff=1e-4,
+         eta_cutoff=1e-3, repetition_penalty=1.1, no_repeat_ngram_size=2),
 ]
 
 
@@ -45,7 +62,7 @@ CASES = [
 def test_process_logits_matches_transformers(case, seed):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(2000, generator=g) * 3
-    context = torch.randint(0, 2000, (60,), generator=g)  # with repeats, as real contexts have
+    context = torch.randint(0, 30, (60,), generator=g)  # many repeats, so n-grams recur as in real text
     params = gpt2.SamplingParams(**case)
     ours = gpt2.process_logits(logits, context, params)
     ref = hf_process(logits, context, params)
@@ -80,10 +97,28 @@ def test_sampler_stages_are_in_order_and_end_with_process_logits():
     logits, ctx = torch.randn(300), torch.tensor([3, 4])
     params = gpt2.SamplingParams(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.4)
     stages = gpt2.sampler_stages(logits, ctx, params)
-    assert [name for name, _ in stages] == ["raw", "repetition penalty", "temperature", "top-k", "top-p"]
+    assert [name for name, _ in stages] == ["raw", "repetition penalty", "no-repeat n-gram", "temperature",
+                                            "top-k", "top-p", "min-p", "typical", "epsilon", "eta"]
     assert torch.equal(stages[-1][1], gpt2.process_logits(logits, ctx, params))
     kept = [int(torch.isfinite(x).sum()) for _, x in stages]
-    assert kept[:3] == [300, 300, 300] and kept[3] == 20 and kept[4] <= 20
+    assert kept[:4] == [300] * 4 and kept[4] == 20 and kept[5] <= 20 and kept[5:] == [kept[5]] * 5
+
+
+def test_each_new_stage_filters_in_its_place():
+    logits, ctx = torch.randn(300) * 2, torch.tensor([3, 4, 3])
+    params = gpt2.SamplingParams(no_repeat_ngram_size=2, min_p=0.2, typical_p=0.6, epsilon_cutoff=0.01,
+                                 eta_cutoff=0.05)
+    stages = dict(gpt2.sampler_stages(logits, ctx, params))
+    assert torch.isinf(stages["no-repeat n-gram"][4]) and torch.isfinite(stages["raw"][4])  # "3 4" seen
+    kept = [int(torch.isfinite(stages[n]).sum()) for n in ("temperature", "min-p", "typical")]
+    assert kept[0] > kept[1] > kept[2] >= 1
+
+
+def test_batched_no_repeat_ngram_bans_per_row():
+    logits = torch.zeros(2, 10)
+    ctx = torch.tensor([[1, 2, 1], [5, 6, 5]])
+    out = gpt2.apply_no_repeat_ngram(logits, ctx, 2)
+    assert torch.isinf(out[0, 2]) and torch.isinf(out[1, 6]) and int(torch.isinf(out).sum()) == 2
 
 
 def test_same_seed_same_draws_different_seed_different():
@@ -115,6 +150,9 @@ BAD = [
     ("max_new_tokens", 0), ("max_new_tokens", 3.0), ("max_new_tokens", -5),
     ("seed", -1), ("seed", 1.5), ("seed", 2**64),
     ("stop", [""]), ("stop", [3]),
+    ("min_p", -0.1), ("min_p", 1.5), ("typical_p", 0.0), ("typical_p", 1.2), ("epsilon_cutoff", 1.0),
+    ("epsilon_cutoff", -1e-3), ("eta_cutoff", 1.0), ("eta_cutoff", math.nan), ("no_repeat_ngram_size", -1),
+    ("no_repeat_ngram_size", 2.0),
 ]
 
 
@@ -126,7 +164,8 @@ def test_invalid_values_name_the_parameter_and_range(name, value):
 
 
 def test_off_values_and_a_single_stop_string():
-    p = gpt2.SamplingParams(top_k=0, top_p=1.0, repetition_penalty=1.0, stop="END")
+    p = gpt2.SamplingParams(top_k=0, top_p=1.0, repetition_penalty=1.0, stop="END", min_p=0.0, typical_p=1.0,
+                            epsilon_cutoff=0.0, eta_cutoff=0.0, no_repeat_ngram_size=0)
     assert p.stop == ("END",)
     logits = torch.randn(10)
     assert torch.equal(gpt2.process_logits(logits, [1, 2], p), logits)

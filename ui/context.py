@@ -25,6 +25,11 @@ class Caps:
 
     max_prompt_chars: int = field(default_factory=lambda: _env_int("GPT2_MAX_PROMPT_CHARS", 20_000))
     max_new_tokens: int = field(default_factory=lambda: _env_int("GPT2_MAX_NEW_TOKENS", 256))
+    # Decoding analyses: beams per beam search (returned sequences at most the beams), samples per diversity
+    # request, and tokens one diversity request may draw in all (samples x new tokens x sweep points).
+    max_beams: int = field(default_factory=lambda: _env_int("GPT2_MAX_BEAMS", 8))
+    max_diversity_samples: int = field(default_factory=lambda: _env_int("GPT2_MAX_DIVERSITY_SAMPLES", 16))
+    max_diversity_tokens: int = field(default_factory=lambda: _env_int("GPT2_MAX_DIVERSITY_TOKENS", 8192))
     max_train_steps: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_STEPS", 500))
     max_train_seconds: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_SECONDS", 180))
     max_upload_bytes: int = field(default_factory=lambda: _env_int("GPT2_MAX_UPLOAD_BYTES", 2_000_000))

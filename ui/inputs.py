@@ -148,9 +148,10 @@ def stops(text: str | None) -> tuple[str, ...]:
 
 
 def sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed_value=None, stop=None, *,
-             max_tokens: int, suffix: str = "") -> gpt2.SamplingParams:
+             max_tokens: int, suffix: str = "", **advanced) -> gpt2.SamplingParams:
     """Sampler settings from widget or API values. ``max_tokens`` is the server's cap on new tokens;
-    ``suffix`` is added to each name (``"_b"``: the second settings of /compare)."""
+    ``suffix`` is added to each name (``"_b"``: the second settings of /compare). ``advanced`` holds any of
+    ``min_p``, ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff``, ``no_repeat_ngram_size`` (None: off)."""
     s = suffix
     params = dict(
         max_new_tokens=integer("max_new_tokens", max_new_tokens, 1, max_tokens,
@@ -161,8 +162,41 @@ def sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed
         repetition_penalty=_positive(f"repetition_penalty{s}", repetition_penalty, "a number above 0 (1 = off)"),
         seed=seed("seed", seed_value),
         stop=stops(stop),
+        **advanced_sampling(suffix, **advanced),
     )
     try:
         return gpt2.SamplingParams(**params)
     except ValueError as e:  # what only SamplingParams knows (e.g. a penalty of 0)
         raise UserError(str(e)) from None
+
+
+ADVANCED_OFF = {"min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "no_repeat_ngram_size": 0}
+MAX_NGRAM = 16  # a longer n-gram ban is never met in practice; a bound keeps each step's check cheap
+
+
+def advanced_sampling(suffix: str = "", **values) -> dict:
+    """The advanced samplers' values (missing or None: off), checked; keys are ``SamplingParams`` names."""
+    unknown = set(values) - set(ADVANCED_OFF)
+    if unknown:
+        raise TypeError(f"unknown sampler settings {sorted(unknown)}")
+    v = {k: ADVANCED_OFF[k] if values.get(k) is None else values[k] for k in ADVANCED_OFF}
+    s = suffix
+    return dict(
+        min_p=number(f"min_p{s}", v["min_p"], 0, 1, "a number from 0 to 1 (0 = off)"),
+        typical_p=_unit(f"typical_p{s}", v["typical_p"], "a number above 0, at most 1 (1 = off)", bad=0),
+        epsilon_cutoff=_unit(f"epsilon_cutoff{s}", v["epsilon_cutoff"], _BELOW_ONE, bad=1),
+        eta_cutoff=_unit(f"eta_cutoff{s}", v["eta_cutoff"], _BELOW_ONE, bad=1),
+        no_repeat_ngram_size=integer(f"no_repeat_ngram_size{s}", v["no_repeat_ngram_size"], 0, MAX_NGRAM,
+                                     f"a whole number from 0 to {MAX_NGRAM} (0 = off)"),
+    )
+
+
+_BELOW_ONE = "a number from 0 up to, not including, 1 (0 = off)"
+
+
+def _unit(name: str, value, allowed: str, bad: float) -> float:
+    """A number in ``[0, 1]`` other than the end ``bad``, which the sampler cannot take."""
+    x = number(name, value, 0, 1, allowed)
+    if x == bad:
+        raise UserError(f"{name} must be {allowed}; got {shown(value)}.")
+    return x
