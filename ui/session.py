@@ -67,6 +67,12 @@ class GenerationRecord:
     steps: list[gpt2.StepDetails] = field(default_factory=list)
     seconds: float = 0.0
     id: int = 0  # the session's number for it, given when the session keeps it (``Session.add_record``)
+    # A branch: the record it branched from, the step where it did, and the token forced there (its first
+    # ``branch_step`` tokens are the parent's, then ``forced_token``, then its own picks, same settings and seed).
+    parent: int | None = None
+    branch_step: int | None = None
+    forced_token: int | None = None
+    decoding: str = "sampling"  # how its tokens were chosen: "sampling", "greedy" or "beam search"
 
     @property
     def label(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,22 +54,32 @@ def view_html(prompt: str, generated: str) -> str:
 
 
 
-def generate_job(model: gpt2.GPT2, ids: list[int], params: gpt2.SamplingParams) -> Iterator[gpt2.Step]:
+def generate_job(model: gpt2.GPT2, ids: list[int], params: gpt2.SamplingParams,
+                 forced_ids: Sequence[int] = ()) -> Iterator[gpt2.Step]:
     """The model work of a generation (a ``ui.gpu`` job): steps with the details the other tabs show,
     their logits in half precision (half the memory, plenty for plots)."""
-    for step in gpt2.generate(model, ids, params, top_candidates=TOP_CANDIDATES, keep_logits=True):
+    for step in gpt2.generate(model, ids, params, top_candidates=TOP_CANDIDATES, keep_logits=True,
+                              forced_ids=forced_ids):
         step.details.logits = step.details.logits.astype(np.float16)
         yield step
 
 
-def stream(ctx: AppContext, session: Session, prompt: str | None, params: gpt2.SamplingParams) -> Iterator[Progress]:
+def stream(ctx: AppContext, session: Session, prompt: str | None, params: gpt2.SamplingParams, *,
+           forced_ids: Sequence[int] = (), prompt_ids: list[int] | None = None,
+           **record_fields) -> Iterator[Progress]:
     """Generate for a session, yielding progress after each token; the record is kept at the end. The
-    session's Stop ends it with the finish reason "stopped"."""
+    session's Stop ends it with the finish reason "stopped". ``prompt_ids`` (already checked ids) replace
+    ``prompt``; ``forced_ids`` are the first tokens (a branch, a replayed beam); ``record_fields`` go on the
+    record (``parent``, ``branch_step``, ``forced_token``, ``decoding``)."""
     ref = ctx.ref(session)
-    ids, notice = inputs.prompt_ids(prompt, ctx.caps.max_prompt_chars, ctx.config(ref).block_size)
-    record = GenerationRecord(ids, params, session.model_key, session.use_finetuned and session.has_finetuned())
+    notice = None
+    if prompt_ids is None:
+        prompt_ids, notice = inputs.prompt_ids(prompt, ctx.caps.max_prompt_chars, ctx.config(ref).block_size)
+    ids = prompt_ids
+    record = GenerationRecord(ids, params, session.model_key, session.use_finetuned and session.has_finetuned(),
+                              **record_fields)
     progress = Progress(record, [notice] if notice else [])
-    steps = ctx.gpu.iterate(generate_job, ref, ids, params)
+    steps = ctx.gpu.iterate(generate_job, ref, ids, params, list(forced_ids))
     start = time.perf_counter()
     try:
         for step in steps:
