@@ -22,7 +22,7 @@ import gradio as gr
 from ui import memory, workdirs
 from ui.context import AppContext, Caps
 from ui.layout import limits, quotas, sessions
-from ui.layout.page import CSS, build_demo
+from ui.layout.page import CSS, HEAD, build_demo
 from ui.models import BUNDLED, ModelStore, catalog, key_for
 
 
@@ -48,7 +48,7 @@ def launch(demo: gr.Blocks, ctx: AppContext, **options) -> None:
     queue joins go through ``ui.layout.quotas`` first: one client cannot fill the queue."""
     demo.queue(max_size=ctx.caps.queue_size, default_concurrency_limit=2)
     demo.launch(max_file_size=ctx.caps.max_upload_bytes, state_session_capacity=ctx.caps.max_sessions, css=CSS,
-                enable_monitoring=False,
+                head=HEAD, enable_monitoring=False,
                 app_kwargs={"middleware": limits.middleware(ctx.caps) + sessions.middleware(demo, ctx.caps)
                             + quotas.middleware(demo, ctx.caps)}, **options)
 

@@ -19,6 +19,7 @@ from .sampling import (
     sample,
     sampler_stages,
 )
+from .search import BeamParams, BeamResult, BeamStep, Candidate, beam_search
 from .tokenizer import EOT_ID, EOT_TOKEN, encode, get_tokenizer, token_display
 from .weights import HUB_MODELS, CheckpointError
 
@@ -26,7 +27,8 @@ __all__ = [
     "GPT2", "GPTConfig", "PRESETS", "KVCache", "Trace", "SamplingParams", "process_logits", "sampler_stages",
     "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "sample",
     "apply_no_repeat_ngram", "apply_min_p", "apply_typical", "apply_epsilon", "apply_eta",
-    "generate", "generate_text", "Step", "StepDetails", "get_tokenizer", "encode", "token_display",
+    "generate", "generate_text", "Step", "StepDetails",
+    "BeamParams", "BeamResult", "BeamStep", "Candidate", "beam_search", "get_tokenizer", "encode", "token_display",
     "EOT_ID", "EOT_TOKEN", "HUB_MODELS", "CheckpointError",
     "LoRAAdapter", "LoRAConfig", "LoRALinear", "install_lora", "merge_lora", "use_adapter", "with_adapter",
 ]

@@ -21,7 +21,8 @@ from .generation import Step, generate
 from .inspection import score
 from .model import GPT2
 from .sampling import SamplingParams
-from .tokenizer import encode
+from .search import BeamParams, beam_search
+from .tokenizer import EOT_ID, encode, get_tokenizer
 from .weights import CheckpointError
 
 # The model the repo trains itself (training/) when it is there, else the smallest official GPT-2.
@@ -60,6 +61,15 @@ def _sampling_options() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off (default)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off (default)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats; 1 = off")
+    g.add_argument("--min-p", type=float, default=0.0,
+                   help="keep tokens at least P times as likely as the top one; 0 = off (default)")
+    g.add_argument("--typical-p", type=float, default=1.0, help="locally typical sampling mass; 1 = off (default)")
+    g.add_argument("--epsilon-cutoff", type=float, default=0.0,
+                   help="drop tokens below probability E; 0 = off (default)")
+    g.add_argument("--eta-cutoff", type=float, default=0.0,
+                   help="entropy-dependent cutoff (eta sampling); 0 = off (default)")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="never repeat an n-gram of this size (the prompt counts); 0 = off (default)")
     g.add_argument("--seed", type=int, default=None, help="fix the random draws (same seed, same text)")
     g.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop before this string (repeatable)")
@@ -77,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", parents=[model, sampling], help="continue a prompt, streaming the text")
     gen.add_argument("--prompt", required=True, help="text to continue ('' starts from <|endoftext|>)")
     gen.add_argument("--json", action="store_true",
-                     help="print one JSON object {prompt_ids, token_ids, text, finish_reason} at the end")
+                     help="print one JSON object {prompt_ids, token_ids, text, finish_reason} at the end "
+                          "(beam search adds its score)")
+    beam = gen.add_argument_group("beam search (instead of sampling; prints the best sequence at the end)")
+    beam.add_argument("--num-beams", type=int, default=1, help="> 1 runs beam search (default: 1, sampling)")
+    beam.add_argument("--length-penalty", type=float, default=1.0,
+                      help="scores are logprob / length ** L; > 0 favours longer sequences (default: 1.0)")
+    beam.add_argument("--early-stopping", default="false", choices=("true", "false", "never"),
+                      help="as transformers: true stops at num-beams finished sequences (default: false)")
     gen.set_defaults(func=cmd_generate)
 
     sc = sub.add_parser("score", parents=[model], help="per-token log-probs and perplexity of a text")
@@ -109,8 +126,35 @@ def sampling_params(args: argparse.Namespace, default_max_new_tokens: int) -> Sa
     return SamplingParams(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=max_new, seed=args.seed,
-        stop=tuple(args.stop), stop_at_eos=args.stop_at_eos,
+        stop=tuple(args.stop), stop_at_eos=args.stop_at_eos, min_p=args.min_p, typical_p=args.typical_p,
+        epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff, no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
+
+
+# Sampling-only flags (as ``SamplingParams`` fields) that beam search has no use for, and beam-only flags.
+_SAMPLING_ONLY = ("temperature", "top_k", "top_p", "repetition_penalty", "min_p", "typical_p", "epsilon_cutoff",
+                  "eta_cutoff", "seed", "stop_at_eos")
+_BEAM_ONLY = {"length_penalty": 1.0, "early_stopping": "false"}
+
+
+def beam_params(args: argparse.Namespace, sampling: SamplingParams) -> BeamParams | None:
+    """The beam-search flags as ``BeamParams`` (validated, naming any bad one), or None for sampling.
+    A flag that only the other mode uses is an error rather than silently ignored."""
+    early = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
+    params = BeamParams(num_beams=args.num_beams, max_new_tokens=sampling.max_new_tokens,
+                        length_penalty=args.length_penalty, early_stopping=early,
+                        no_repeat_ngram_size=sampling.no_repeat_ngram_size)
+    if args.num_beams == 1:
+        unused = [k for k, default in _BEAM_ONLY.items() if getattr(args, k) != default]
+        if unused:
+            raise ValueError(f"--{unused[0].replace('_', '-')} applies to beam search: add --num-beams N (N > 1)")
+        return None
+    unused = [k for k in _SAMPLING_ONLY if getattr(sampling, k) != getattr(SamplingParams(), k)]
+    if unused:
+        raise ValueError(f"--{unused[0].replace('_', '-')} applies to sampling, not beam search (--num-beams > 1); "
+                         "beam search takes --max-new-tokens, --length-penalty, --early-stopping, "
+                         "--no-repeat-ngram-size and --stop")
+    return params
 
 
 def load_model(args: argparse.Namespace) -> GPT2:
@@ -134,8 +178,11 @@ def _err(text: str) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue ``--prompt``: stream it (prompt first), or print one JSON object with ``--json``."""
     params = sampling_params(args, GENERATE_MAX_NEW_TOKENS)
+    beam = beam_params(args, params)
     model = load_model(args)
     prompt_ids = encode(args.prompt)
+    if beam is not None:
+        return _beam_generate(args, model, prompt_ids, beam, params.stop)
     token_ids: list[int] = []
     pieces: list[str] = []
     finish_reason = None
@@ -155,6 +202,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         _out("\n")
+    return 0
+
+
+def _beam_generate(args: argparse.Namespace, model: GPT2, prompt_ids: list[int], params: BeamParams,
+                   stops: Sequence[str]) -> int:
+    """Beam search: print the prompt and the best sequence's text (cut before the first ``--stop`` string)."""
+    res = beam_search(model, prompt_ids, params)
+    if res.notice:
+        _err(f"[{res.notice}]\n")
+    ids = res.sequences[0]
+    eos = bool(ids) and ids[-1] == EOT_ID
+    text = get_tokenizer().decode(ids[:-1] if eos else ids)
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    finish_reason = "stop" if cut >= 0 else "eos" if eos else "length"
+    text = text[:cut] if cut >= 0 else text
+    if args.json:
+        print(json.dumps({"prompt_ids": prompt_ids, "token_ids": ids, "text": text, "finish_reason": finish_reason,
+                          "score": res.scores[0]}))
+    else:
+        _out(args.prompt + text + "\n")
     return 0
 
 

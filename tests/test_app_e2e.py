@@ -23,10 +23,12 @@ PROMPT = "The cat sat"
 # /generate inputs after the prompt: max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop
 SAMPLED = (24, 1.0, 0, 1.0, 1.0, 7, "")
 GREEDY = (24, 0, 0, 1.0, 1.0, 0, "")
+# the later /generate inputs (advanced samplers, decoding, beams) that a raw HTTP call must send too
+RAW_DEFAULTS = (0.0, 1.0, 0.0, 0.0, 0, "sampling", 4, 1.0, "false")
 TEXT_A = " ".join(f"The cat number {i} sat on the mat." for i in range(120))
 TEXT_B = "\n".join(f"ROMEO: O {i}, thy love is {i * 7} roses." for i in range(120))
 ENDPOINTS = {"/generate", "/compare", "/attention", "/step_probabilities", "/text_probabilities", "/finetune",
-             "/download_finetuned", "/load_model"}
+             "/download_finetuned", "/load_model", "/beam_search", "/branch", "/diversity"}
 
 
 def client(served) -> gradio_client.Client:
@@ -176,7 +178,7 @@ def test_closing_the_server_removes_its_sessions_folders(served):
     app.launch(demo, ctx, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/gradio_api/", timeout=30) as http:
-            body = {"data": [PROMPT, *GREEDY], "session_hash": "api-caller"}
+            body = {"data": [PROMPT, *GREEDY, *RAW_DEFAULTS], "session_hash": "api-caller"}
             event = http.post("call/generate", json=body).json()["event_id"]
             assert "event: complete" in http.get(f"call/generate/{event}").text
         held = demo.state_holder.session_data["api-caller"].state_data.values()

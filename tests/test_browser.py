@@ -5,7 +5,8 @@ The app runs in-process on a local port. ``BROWSER_TEST_MODEL`` picks its model:
 random model: fast, gibberish text) or anything ``app.py --model`` takes, e.g. the bundled
 ``shakespeare-small`` for readable screenshots. With ``SCREENSHOT_DIR`` set the screenshots are also
 written there (the README's come from
-``SCREENSHOT_DIR=assets/screenshots BROWSER_TEST_MODEL=shakespeare-small pytest tests/test_browser.py``).
+``SCREENSHOT_DIR=assets/screenshots BROWSER_TEST_MODEL=shakespeare-small pytest tests/test_browser*.py``, the
+other tabs' screenshots coming from the other ``test_browser_*.py`` files).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def test_every_tab_in_a_real_browser(browser_page, tmp_path):
     n_generated = int(re.match(r"(\d+) tokens", stats.inner_text())[1])
     generated = output.input_value()
     no_error_toast(page)
-    shoot(page, "generate", folders)
+    shoot(page, "generate", folders[:1])  # the README's comes from test_browser_generate.py (coloured tokens)
 
     # Attention: the example text's heatmap and the head table
     open_tab(page, "Attention")
@@ -177,7 +178,7 @@ def test_every_tab_in_a_real_browser(browser_page, tmp_path):
     wait_for_plot(page, "Surprisal and entropy")
     wait_for_plot(page, "Logit lens")
     no_error_toast(page)
-    shoot(page, "probabilities", folders)
+    shoot(page, "probabilities", folders[:1])  # the README's: test_browser_branch.py (every stage)
 
     # Fine-tune: a short LoRA run on pasted text, then the loss curve and before/after samples
     open_tab(page, "Fine-tune")
@@ -218,12 +219,14 @@ def test_a_model_that_cannot_be_had_leaves_the_page_usable(browser_page, offline
     assert not errors
 
 
-@pytest.mark.parametrize("tab", ["Generate", "Attention", "Probabilities", "Fine-tune"])
+@pytest.mark.parametrize("tab", ["Generate", "Attention", "Probabilities", "Fine-tune", "Beams", "Diversity"])
 def test_every_tab_is_usable_at_phone_width(browser_page, tab):
     """At 390 px every tab's name is in the tab bar (none behind a "⋯" menu), and the tab's columns stack:
     each, with the plots in it, takes the whole width instead of being squeezed beside another."""
     page, errors = browser_page
     page.set_viewport_size({"width": PHONE_WIDTH, "height": 800})
+    for name in ("Generate", "Attention", "Probabilities", "Fine-tune", "Beams", "Diversity"):  # laid out
+        expect(page.get_by_role("tab", name=name, exact=True)).to_be_visible()
     expect(page.get_by_role("button", name="More tabs")).to_be_hidden()
     open_tab(page, tab)
     panel = page.locator('[role="tabpanel"]').filter(visible=True)

@@ -109,6 +109,52 @@ def test_generate_streams_prompt_then_text_and_notices(capsys, model_dir, monkey
     assert "context full" in err
 
 
+def test_generate_passes_new_sampler_flags(capsys, model_dir, monkeypatch):
+    seen = {}
+
+    def fake_generate(model, ids, params):
+        seen["params"] = params
+        yield gpt2.Step(0, 11, ",", "length")
+
+    monkeypatch.setattr(cli, "generate", fake_generate)
+    code, _, err = run_main(capsys, "generate", "--model", model_dir, "--prompt", "a", "--min-p", "0.05",
+                            "--typical-p", "0.9", "--epsilon-cutoff", "0.001", "--eta-cutoff", "0.002",
+                            "--no-repeat-ngram-size", "3", "--max-new-tokens", "4")
+    assert code == 0, err
+    assert seen["params"] == gpt2.SamplingParams(min_p=0.05, typical_p=0.9, epsilon_cutoff=0.001, eta_cutoff=0.002,
+                                                 no_repeat_ngram_size=3, max_new_tokens=4)
+
+
+def test_generate_beam_search_matches_library(capsys, model_dir, model):
+    result = generate_json(capsys, model_dir, "--num-beams", "3", "--max-new-tokens", "5", "--length-penalty", "2",
+                           "--early-stopping", "never", "--no-repeat-ngram-size", "2")
+    res = gpt2.beam_search(model, gpt2.encode(PROMPT), gpt2.BeamParams(3, 5, 2.0, "never", 2))
+    assert result["token_ids"] == res.sequences[0] and result["score"] == pytest.approx(res.scores[0])
+    ids, eos = res.sequences[0], res.sequences[0][-1] == gpt2.EOT_ID
+    assert result["text"] == get_tokenizer().decode(ids[:-1] if eos else ids)
+    assert result["finish_reason"] == ("eos" if eos else "length")
+
+
+def test_generate_beam_search_prints_best_text_cut_at_stop(capsys, model_dir, monkeypatch):
+    seen = {}
+
+    def fake_beam_search(model, ids, params):
+        seen["params"] = params
+        ids = gpt2.encode(" one two. three") + [gpt2.EOT_ID]
+        return gpt2.BeamResult([ids, [11]], [-0.5, -0.9], [], [[], []], notice="cropped")
+
+    monkeypatch.setattr(cli, "beam_search", fake_beam_search)
+    args = ("generate", "--model", model_dir, "--prompt", "Start", "--num-beams", "4", "--max-new-tokens", "7",
+            "--early-stopping", "true")
+    code, out, err = run_main(capsys, *args)
+    assert code == 0 and out == "Start one two. three\n" and "cropped" in err  # the best one, without EOT
+    assert seen["params"] == gpt2.BeamParams(4, 7, 1.0, True, 0)
+    code, out, _ = run_main(capsys, *args, "--stop", ".", "--json")
+    assert json.loads(out)["text"] == " one two" and json.loads(out)["finish_reason"] == "stop"
+    code, out, _ = run_main(capsys, *args, "--json")
+    assert json.loads(out)["finish_reason"] == "eos" and json.loads(out)["score"] == -0.5
+
+
 @pytest.mark.slow
 def test_generate_subprocess_streams_text(model_dir):
     proc = run_cli("generate", "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "4",
@@ -129,6 +175,16 @@ def test_generate_subprocess_streams_text(model_dir):
         (("--top-k", "-3"), "top_k"),
         (("--repetition-penalty", "0"), "repetition_penalty"),
         (("--max-new-tokens", "0"), "max_new_tokens"),
+        (("--min-p", "2"), "min_p"),
+        (("--typical-p", "0"), "typical_p"),
+        (("--epsilon-cutoff", "1"), "epsilon_cutoff"),
+        (("--eta-cutoff", "-0.1"), "eta_cutoff"),
+        (("--no-repeat-ngram-size", "-1"), "no_repeat_ngram_size"),
+        (("--num-beams", "0"), "num_beams"),
+        (("--num-beams", "2", "--length-penalty", "nan"), "length_penalty"),
+        (("--num-beams", "2", "--temperature", "0.5"), "--temperature applies to sampling"),
+        (("--num-beams", "3", "--seed", "1"), "--seed applies to sampling"),
+        (("--early-stopping", "true"), "--early-stopping applies to beam search"),
     ],
 )
 def test_invalid_sampling_flags_exit_2(capsys, flags, name):

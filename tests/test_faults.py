@@ -57,6 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The cat sat"
 # /generate inputs after the prompt: max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop
 SAMPLED = (24, 1.0, 0, 1.0, 1.0, 7, "")
+# the later /generate inputs (advanced samplers, decoding, beams) that a raw join must send too
+RAW_DEFAULTS = (0.0, 1.0, 0.0, 0.0, 0, "sampling", 4, 1.0, "false")
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 TEXT_A = " ".join(f"The cat number {i} sat on the mat." for i in range(120))
 TEXT_B = "\n".join(f"ROMEO: O {i}, thy love is {i * 7} roses." for i in range(120))
@@ -310,7 +312,7 @@ def test_client_gone_mid_generation_ends_the_generation(served, monkeypatch, how
         wait_until(lambda: watched.items >= 5, 60, "5 tokens are generated")
         assert job.cancel()
     else:
-        close_tab(cl, "/generate", (PROMPT, *long), until=lambda: watched.items >= 5)
+        close_tab(cl, "/generate", (PROMPT, *long, *RAW_DEFAULTS), until=lambda: watched.items >= 5)
     gone, made = time.monotonic(), watched.items
     wait_until(lambda: watched.closed_at is not None, 10, "the server closes the abandoned generation")
     assert watched.closed_at - gone < 5 and watched.items <= made + 10 < long[0]

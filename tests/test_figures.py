@@ -247,6 +247,26 @@ def assert_legend_below(fig: go.Figure) -> None:
     assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
 
 
+def test_candidates_bar_stages_off_stay_in_the_legend_without_bars():
+    """Ten stages of bars are unreadable: a stage that is off keeps its place in the legend (in order,
+    marked "off", a click shows it) but draws no bar and takes no height; the others say how many tokens
+    they keep."""
+    labels = ["a", "b", "c"]
+    probs = stage_probs(len(labels))
+    off = ["repetition penalty", "no-repeat n-gram", "top-p", "min-p", "typical", "epsilon", "eta"]
+    kept = {stage: 100 - i for i, stage in enumerate(gpt2.sampling.STAGES)}
+    fig = figures.candidates_bar(labels, probs, 0, kept=kept, off=off)
+    assert [t.name.split(" ")[0] for t in fig.data] == [s.split(" ")[0] for s in gpt2.sampling.STAGES]
+    for trace, stage in zip(fig.data, gpt2.sampling.STAGES, strict=True):
+        if stage in off:
+            assert trace.visible == "legendonly" and trace.name == f"{stage} (off)"
+        else:
+            assert trace.visible is True and trace.name == f"{stage} · {kept[stage]:,} kept"
+    every = figures.candidates_bar(labels * 4, stage_probs(12), 0)
+    fewer = figures.candidates_bar(labels * 4, stage_probs(12), 0, off=off)
+    assert fewer.layout.height < every.layout.height  # rows sized for the bars shown
+
+
 def test_candidates_bar_rejects_bad_input():
     with pytest.raises(ValueError, match="chosen"):
         figures.candidates_bar(["a", "b"], {"raw": np.array([0.6, 0.4])}, chosen=2)

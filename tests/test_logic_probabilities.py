@@ -14,8 +14,9 @@ from conftest import drain, make_ctx, random_model
 import gpt2
 from gpt2.inspection import score
 from gpt2.lora import LoRAAdapter, LoRAConfig, install_lora
+from ui import figures
 from ui.figures import _gltr_bucket
-from ui.inputs import LATEST, UserError
+from ui.inputs import ADVANCED_OFF, LATEST, UserError
 from ui.logic import probabilities as logic
 from ui.logic import records
 from ui.logic.generate import stream
@@ -24,6 +25,11 @@ from ui.updates import KEEP
 
 LONG_PROMPT = "hello" + " hello" * 59  # 60 tokens: a 12-token generation slides the tiny model's 64-token window
 NO_SETTINGS = dict(temperature=None, top_k=None, top_p=None, repetition_penalty=None)  # the generation's own
+
+
+def shown(outputs: tuple) -> dict:
+    """``show_record``'s outputs (after the picker, for ``follow``/``open_latest``) by name."""
+    return dict(zip(logic.SHOWN, outputs[len(outputs) - len(logic.SHOWN):], strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -85,37 +91,45 @@ def test_errors_say_what_to_do(ctx, gens):
     with pytest.raises(UserError, match="top_k must be a whole number"):
         logic.step_probabilities(ctx, gens.session, gens.sampled.id, 0, 0.8, 2.5, 1.0, 1.0)
     # nothing to show yet is not an error when the tab opens: the step info says what to do
-    *widgets, info, kept = logic.open_latest(ctx, session)
-    assert widgets[0]["value"] == LATEST and all(w is KEEP for w in widgets[1:]) and "No generation yet" in info
+    outputs = logic.open_latest(ctx, session)
+    out = shown(outputs)
+    assert outputs[0]["value"] == LATEST and "No generation yet" in out["info"] and out["kept"] is None
+    assert all(w is KEEP for name, w in out.items() if name not in ("info", "kept"))
 
 
 def test_the_picker_follows_the_latest_unless_a_generation_was_chosen(ctx):
     session = ctx.new_session()
     first = run(ctx, session, max_new_tokens=3, temperature=0.7)
-    picker, step, temperature, top_k, top_p, penalty, fig, info, kept = logic.follow(ctx, session, LATEST)
-    assert picker["value"] == LATEST and picker["choices"] == records.choices(session)
-    assert step["maximum"] == 2 and temperature["value"] == 0.7 and f"generation #{first.id}" in info
-    newer = run(ctx, session, max_new_tokens=5, temperature=1.3, top_k=7)
-    outputs = logic.follow(ctx, session, LATEST)  # following the latest: the new one, its range and settings
-    assert outputs[1]["maximum"] == 4 and (outputs[2]["value"], outputs[3]["value"]) == (1.3, 7)
-    assert f"generation #{newer.id}" in outputs[7] and outputs[6].data
+    outputs = logic.follow(ctx, session, LATEST)
+    out = shown(outputs)
+    assert outputs[0]["value"] == LATEST and outputs[0]["choices"] == records.choices(session)
+    assert out["step"]["maximum"] == 2 and out["temperature"]["value"] == 0.7
+    assert f"generation #{first.id}" in out["info"]
+    newer = run(ctx, session, max_new_tokens=5, temperature=1.3, top_k=7, min_p=0.05)
+    out = shown(logic.follow(ctx, session, LATEST))  # following the latest: the new one, its range and settings
+    assert out["step"]["maximum"] == 4 and (out["temperature"]["value"], out["top_k"]["value"]) == (1.3, 7)
+    assert out["min_p"]["value"] == 0.05 and out["typical_p"]["value"] == 1.0
+    assert f"generation #{newer.id}" in out["info"] and out["candidates"].data
+    assert out["token"]["choices"] and "none yet" in out["lineage"]
     run(ctx, session, max_new_tokens=2)
-    picker, *rest, kept = logic.follow(ctx, session, first.id)  # the user's own choice stays
-    assert picker["value"] == first.id and all(w is KEEP for w in rest)
+    outputs = logic.follow(ctx, session, first.id)  # the user's own choice stays (its tree is refreshed)
+    out = shown(outputs)
+    assert outputs[0]["value"] == first.id and out["family"]["value"] == first.id
+    assert all(w is KEEP for name, w in out.items() if name not in ("kept", "lineage", "family"))
     for _ in range(MAX_RECORDS):
         run(ctx, session, max_new_tokens=2)
-    picker, *_, info, kept = logic.follow(ctx, session, first.id)  # ...while it is kept
-    assert picker["value"] == LATEST and f"generation #{session.records[-1].id}" in info
-    picker, *_, info, kept = logic.open_latest(ctx, session)  # "Inspect probabilities ›"
-    assert picker["value"] == LATEST and f"generation #{session.records[-1].id}" in info
-    step, *_, info, kept = logic.show_record(ctx, session, str(session.records[0].id))  # a typed id is text
-    assert step["value"] == 0 and f"**Step 0** of 2 (generation #{session.records[0].id})" in info
+    outputs = logic.follow(ctx, session, first.id)  # ...while it is kept
+    assert outputs[0]["value"] == LATEST and f"generation #{session.records[-1].id}" in shown(outputs)["info"]
+    outputs = logic.open_latest(ctx, session)  # "Inspect probabilities ›"
+    assert outputs[0]["value"] == LATEST and f"generation #{session.records[-1].id}" in shown(outputs)["info"]
+    out = shown(logic.show_record(ctx, session, str(session.records[0].id)))  # a typed id is text
+    assert out["step"]["value"] == 0 and f"**Step 0** of 2 (generation #{session.records[0].id})" in out["info"]
 
 
 def test_reset_and_use_generation(ctx, gens):
     record = gens.sampled
-    temperature, top_k, top_p, penalty, fig, info, kept = logic.reset(ctx, gens.session, record.id, 3)
-    assert [u["value"] for u in (temperature, top_k, top_p, penalty)] == [0.9, 8, 0.9, 1.2]
+    *settings, fig, info, kept = logic.reset(ctx, gens.session, record.id, 3)
+    assert [u["value"] for u in settings] == [0.9, 8, 0.9, 1.2, 0.0, 1.0, 0.0, 0.0, 0]
     assert "**Step 3**" in info and kept is None
     text, *analysed = logic.use_generation(ctx, gens.session, gens.greedy.id)
     assert text == gpt2.get_tokenizer().decode(gens.greedy.prompt_ids + gens.greedy.token_ids)
@@ -161,6 +175,59 @@ def test_stages_are_softmax_of_sampler_stages(gens):
         np.testing.assert_allclose(probs[name], p[ids].numpy(), rtol=1e-6, atol=1e-9)
 
 
+def trace(fig, stage: str):
+    """The figure's bars of one sampler stage (named "top-k · 3 kept", or "top-p (off)")."""
+    return next(t for t in fig.data if t.name.split(" ·")[0].removesuffix(" (off)") == stage)
+
+
+EVERY_STAGE = dict(temperature=0.7, top_k=30, top_p=0.95, repetition_penalty=1.3, min_p=0.01, typical_p=0.9,
+                   epsilon_cutoff=0.0003, eta_cutoff=0.0005, no_repeat_ngram_size=2)
+
+
+def test_every_stage_against_process_logits(gens):
+    """The last stage is what the sampler draws from (``gpt2.process_logits``), each stage applies one
+    processor to the one before, and the figure draws all of them in order."""
+    record, step = gens.sampled, 5
+    params = gpt2.SamplingParams(**EVERY_STAGE)
+    logits = record.steps[step].logits.astype(np.float32)
+    probs = logic.stage_probs(record, step, params, logits)
+    assert list(probs) == list(gpt2.sampling.STAGES)
+    context = logic.step_history(record, step)
+    expected = gpt2.process_logits(torch.from_numpy(logits), context, params).softmax(-1)
+    torch.testing.assert_close(probs["eta"], expected)
+    counts = logic.kept_counts(probs)
+    assert counts["raw"] == logits.size and counts["top-k"] <= 30
+    filters = gpt2.sampling.STAGES[3:]  # from the temperature on, each stage only removes tokens
+    assert all(counts[a] >= counts[b] for a, b in zip(filters, filters[1:], strict=False))
+    assert logic.off_stages(params) == [] and logic.off_stages(gpt2.SamplingParams()) == list(gpt2.sampling.STAGES[1:])
+    labels, shown_probs, chosen = logic.candidates(record, step, probs)
+    fig = figures.candidates_bar(labels, shown_probs, chosen, kept=counts, off=[])
+    assert [t.name for t in fig.data] == [f"{name} · {counts[name]:,} kept" for name in gpt2.sampling.STAGES]
+
+
+def test_the_new_stage_sliders_change_the_figure_without_the_model(ctx, gens, monkeypatch):
+    record = gens.sampled
+    monkeypatch.setattr(ctx.store.get(record.model_key), "forward", no_model)
+    own, own_info, _ = logic.step_probabilities(ctx, gens.session, record.id, 4, **NO_SETTINGS)
+    for stage in ("min-p", "typical", "epsilon", "eta", "no-repeat n-gram"):  # off in the generation's settings
+        assert trace(own, stage).visible == "legendonly" and trace(own, stage).name == f"{stage} (off)"
+        assert f"{stage} off" in own_info
+    assert trace(own, "top-k").visible is True and "top-k **8**" in own_info
+    for name, value, stage in (("min_p", 0.3, "min-p"), ("typical_p", 0.3, "typical"),
+                               ("epsilon_cutoff", 0.2, "epsilon"), ("eta_cutoff", 0.2, "eta"),
+                               ("no_repeat_ngram_size", 1, "no-repeat n-gram")):
+        fig, info, _ = logic.step_probabilities(ctx, gens.session, record.id, 4, **{**NO_SETTINGS, name: value})
+        bars = trace(fig, stage)
+        assert bars.visible is True and "kept" in bars.name and f"{stage} off" not in info
+        before = gpt2.sampling.STAGES[gpt2.sampling.STAGES.index(stage) - 1]
+        assert (np.asarray(bars.x) > 0).sum() < (np.asarray(trace(fig, before).x) > 0).sum(), stage  # it cut some
+        assert not np.allclose(trace(fig, "eta").x, trace(own, "eta").x)  # and the final distribution moved
+    with pytest.raises(UserError, match="typical_p must be a number above 0"):
+        logic.step_probabilities(ctx, gens.session, record.id, 4, **NO_SETTINGS, typical_p=0)
+    with pytest.raises(UserError, match="no_repeat_ngram_size must be a whole number"):
+        logic.step_probabilities(ctx, gens.session, record.id, 4, **NO_SETTINGS, no_repeat_ngram_size=1.5)
+
+
 def test_an_empty_prompt_read_end_of_text(ctx):
     session = ctx.new_session()
     record = run(ctx, session, "", max_new_tokens=3, repetition_penalty=1.5)
@@ -183,7 +250,8 @@ def test_moving_a_slider_reruns_only_the_sampler(ctx, gens, monkeypatch):
     assert not np.allclose(before["top-p"], after["top-p"])
     fig, summary, kept = logic.step_probabilities(ctx, gens.session, record.id, 2, 0.9, 3, 1.0, 1.2)
     assert kept is None and "run again" not in summary and "Step 2" in summary
-    np.testing.assert_allclose(fig.data[3].x, after["top-k"])  # the figure's top-k trace
+    np.testing.assert_allclose(trace(fig, "top-k").x, after["top-k"])  # the figure's top-k trace
+    assert trace(fig, "top-k").name == "top-k · 3 kept"
 
 
 def test_dropped_logits_are_recomputed_in_the_steps_window(ctx, gens, monkeypatch):
@@ -200,7 +268,7 @@ def test_dropped_logits_are_recomputed_in_the_steps_window(ctx, gens, monkeypatc
     _, summary, kept = logic.step_probabilities(ctx, gens.session, record.id, 11, **NO_SETTINGS)
     assert "run again" in summary and (kept.record_id, kept.step) == (record.id, 11)
     monkeypatch.setattr(model, "forward", no_model)  # the next slider move re-uses the recomputed logits
-    _, summary, kept_again = logic.step_probabilities(ctx, gens.session, record.id, 11, 0.5, 5, 1.0, 1.0, kept)
+    _, summary, kept_again = logic.step_probabilities(ctx, gens.session, record.id, 11, 0.5, 5, 1.0, 1.0, kept=kept)
     assert kept_again is kept and "run again" not in summary
 
 
@@ -258,7 +326,7 @@ def test_lora_session_differs_and_leaves_the_base_alone(model_dir):
     assert "run again" in summary and f"#{record.id} came from a fine-tuned" in summary
     base_logits = logic.next_logits(base, logic.step_window(record, 2, base.config.block_size))
     np.testing.assert_allclose(kept.logits, base_logits, rtol=1e-5, atol=1e-5)
-    _, summary, _ = logic.step_probabilities(ctx, tuned, record.id, 2, 0.5, 5, 1.0, 1.0, kept)  # slider moved
+    _, summary, _ = logic.step_probabilities(ctx, tuned, record.id, 2, 0.5, 5, 1.0, 1.0, kept=kept)  # slider moved
     assert "came from a fine-tuned" in summary and "run again" not in summary
 
 
@@ -274,7 +342,11 @@ def test_the_tab_publishes_its_endpoints_with_their_parameters(ctx):
     endpoints = demo.get_api_info()["named_endpoints"]
     step, text = endpoints["/step_probabilities"], endpoints["/text_probabilities"]
     assert [p["parameter_name"] for p in step["parameters"]] == ["record", "step", "temperature", "top_k", "top_p",
-                                                                 "repetition_penalty"]
+                                                                 "repetition_penalty", "min_p", "typical_p",
+                                                                 "epsilon_cutoff", "eta_cutoff",
+                                                                 "no_repeat_ngram_size"]
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in step["parameters"]}
+    assert [defaults[name] for name in ADVANCED_OFF] == list(ADVANCED_OFF.values())  # the new stages: off
     assert [r["label"] for r in step["returns"]] == ["Candidates", "step info"]
     assert [p["parameter_name"] for p in text["parameters"]] == ["text"]
     assert [r["label"] for r in text["returns"]] == ["Rank of each token", "text info", "Surprisal and entropy",

@@ -12,7 +12,8 @@ from ui.context import Caps
 from ui.layout import limits
 
 CAPS = Caps()
-GENERATE = ["The cat sat", 2, 0, 0, 1.0, 1.0, 0, ""]
+# every /generate input: a raw call sends them all (the advanced samplers, then decoding and beam settings)
+GENERATE = ["The cat sat", 2, 0, 0, 1.0, 1.0, 0, "", 0.0, 1.0, 0.0, 0.0, 0, "sampling", 4, 1.0, "false"]
 
 
 def test_default_cap_admits_the_largest_pasted_text_escaped():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +171,24 @@ def test_off_values_and_a_single_stop_string():
     assert p.stop == ("END",)
     logits = torch.randn(10)
     assert torch.equal(gpt2.process_logits(logits, [1, 2], p), logits)
+
+
+BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints" / "shakespeare-small"
+
+
+@pytest.mark.parametrize("case", CASES[-12:], ids=[",".join(f"{k}={v}" for k, v in c.items()) for c in CASES[-12:]])
+def test_process_logits_matches_transformers_on_the_bundled_model(case):
+    """The same check on real next-token logits: the bundled checkpoint after a Shakespeare prompt."""
+    model = _bundled()
+    context = torch.tensor(gpt2.encode("ROMEO:\nBut soft, what light through yonder window breaks? It is the east"))
+    with torch.no_grad():
+        logits = model(context[None])[0, -1].float()
+    params = gpt2.SamplingParams(**case)
+    ours, ref = gpt2.process_logits(logits, context, params), hf_process(logits, context, params)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    torch.testing.assert_close(ours[~torch.isinf(ours)], ref[~torch.isinf(ref)])
+
+
+@functools.cache
+def _bundled() -> gpt2.GPT2:
+    return gpt2.GPT2.from_pretrained(BUNDLED, device="cpu", dtype=torch.float32).eval()

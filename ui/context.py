@@ -30,6 +30,9 @@ class Caps:
     max_beams: int = field(default_factory=lambda: _env_int("GPT2_MAX_BEAMS", 8))
     max_diversity_samples: int = field(default_factory=lambda: _env_int("GPT2_MAX_DIVERSITY_SAMPLES", 16))
     max_diversity_tokens: int = field(default_factory=lambda: _env_int("GPT2_MAX_DIVERSITY_TOKENS", 8192))
+    # Positions (rows x tokens) a batched cache may hold: beams or diversity samples x (prompt + new tokens).
+    # 8 beams over the whole 1,024-token context: 0.6 GB on GPT-2 124M in fp32. Longer prompts are cropped.
+    max_cache_positions: int = field(default_factory=lambda: _env_int("GPT2_MAX_CACHE_POSITIONS", 8192))
     max_train_steps: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_STEPS", 500))
     max_train_seconds: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_SECONDS", 180))
     max_upload_bytes: int = field(default_factory=lambda: _env_int("GPT2_MAX_UPLOAD_BYTES", 2_000_000))

@@ -222,9 +222,12 @@ def _token_rows() -> dict:
     return dict(type="category", autorange="reversed", tickfont=dict(size=_ROW_FONT))
 
 
-def candidates_bar(labels: list[str], stage_probs: dict[str, np.ndarray], chosen: int | None) -> go.Figure:
-    """Top candidates' probabilities after each sampler stage (one bar per stage), most likely on top;
-    ``chosen`` is the index of the sampled candidate (None when it is not among them)."""
+def candidates_bar(labels: list[str], stage_probs: dict[str, np.ndarray], chosen: int | None,
+                   kept: dict[str, int] | None = None, off: Sequence[str] = ()) -> go.Figure:
+    """Top candidates' probabilities after each sampler stage (one bar per stage, in order), most likely
+    on top; ``chosen`` is the index of the sampled candidate (None when it is not among them). ``kept``:
+    how many tokens of the whole vocabulary each stage leaves (in the legend). Stages in ``off`` change
+    nothing: they stay in the legend, marked "off", without bars (a click on one shows it)."""
     title = "Next-token candidates<br>after each sampler stage"
     if not labels:
         return _message(title, "No candidates to show.")
@@ -235,14 +238,17 @@ def candidates_bar(labels: list[str], stage_probs: dict[str, np.ndarray], chosen
     names = [_candidate_name(i + 1, label, i == chosen) for i, label in enumerate(labels)]
     fig = go.Figure()
     for stage, probs in stage_probs.items():
-        fig.add_trace(go.Bar(x=_series(probs, len(labels), f"stage_probs[{stage!r}]"), y=names, name=stage,
-                             orientation="h", hovertemplate="%{y}: %{x:.2%}"))
+        shown = stage not in off
+        name = f"{stage} (off)" if not shown else f"{stage} · {kept[stage]:,} kept" if kept else stage
+        fig.add_trace(go.Bar(x=_series(probs, len(labels), f"stage_probs[{stage!r}]"), y=names, name=name,
+                             orientation="h", hovertemplate="%{y}: %{x:.2%}", visible=True if shown else "legendonly"))
     fig.update_layout(barmode="group")
     # A fixed 0..1 range so that a stage sharpening or flattening the distribution is visible as such.
     fig.update_xaxes(title="probability", range=[0, 1], tickformat=".0%")
     # Categories run upward; reversed, the first (most likely) candidate and the first stage are on top.
     fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=_ROW_FONT))
-    height = _height(len(labels), 12 * len(stage_probs) + 8, 300, 1200)
+    bars = sum(stage not in off for stage in stage_probs)
+    height = _height(len(labels), 12 * max(bars, 1) + 8, 300, 1200)
     _legend_below(fig, height)
     return _layout(fig, title, height)
 

@@ -133,6 +133,22 @@ def prompt_ids(text: str | None, max_chars: int, block_size: int) -> tuple[list[
     return ids, notice
 
 
+def batch_prompt(ids: list[int], rows: int, new_tokens: int, max_positions: int,
+                 rows_name: str) -> tuple[list[int], str | None]:
+    """``ids`` cropped from the left so that a batch of ``rows`` rows (beams, samples), each holding the prompt
+    and ``new_tokens`` in its cache, stays within ``max_positions``, with a notice when cropped. Refused
+    (naming ``rows_name`` and ``max_new_tokens``) when not even a one-token prompt would fit."""
+    room = max_positions // rows - new_tokens
+    if room < 1:
+        raise UserError(f"{rows_name} × (max_new_tokens + 1) must be at most {max_positions:,} (this server's limit "
+                        f"on what one batch holds); got {rows} × {new_tokens + 1}: use fewer {rows_name} or new "
+                        "tokens.")
+    if len(ids) <= room:
+        return ids, None
+    return ids[-room:], (f"Prompt cropped to its last {room} tokens: {rows_name} ({rows}) × (prompt + {new_tokens} "
+                         f"new tokens) must fit in this server's {max_positions:,} cache positions.")
+
+
 def model_input(ids: list[int]) -> list[int]:
     """What the model reads for a prompt: an empty prompt is ``<|endoftext|>``, as in ``gpt2.generate``."""
     return ids or [gpt2.EOT_ID]

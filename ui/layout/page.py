@@ -16,26 +16,44 @@ from .. import memory
 from ..context import AppContext
 from ..logic import header
 from ..session import Session
-from . import attention, finetune, generate, probabilities, widgets
+from . import attention, beam, diversity, finetune, generate, probabilities, widgets
 from .links import MODEL_CHANGED, Links, tab_selected
 from .wiring import Wiring
 
 INTRO = """# GPT-2 Playground
-See how a GPT-2 language model thinks: **generate** text, look at where each token **attends**, see the
-**probabilities** behind every choice, and **fine-tune** it on your own text, all in the browser."""
+See how a GPT-2 language model thinks: **generate** text (sampling, greedy or beam search), look at where each
+token **attends**, see the **probabilities** behind every choice and branch from any of them, watch a **beam
+search** as a tree, measure the **diversity** of samples, and **fine-tune** it on your own text, all in the browser."""
 
 
-# The generation's view tells the prompt (muted) from the generated text. At phone widths (390 px) every
-# tab's name stays in the tab bar: Gradio moves names that do not fit into a "⋯" menu, measuring them with
-# these same styles.
+# The generation's view tells the prompt (muted) from the generated text, whose tokens are coloured by
+# their probability (the bands of ``ui.logic.generate.BANDS``, green = likely, red = unlikely). At phone
+# widths (390 px) every tab's name stays in the tab bar: Gradio moves names that do not fit into a "⋯"
+# menu, measuring them with these same styles.
 CSS = """
 #generated-view .generation { white-space: pre-wrap; line-height: 1.6; min-height: 6em; }
 #generated-view .prompt { color: var(--body-text-color-subdued); background: var(--background-fill-secondary); }
 #generated-view .generated { color: var(--body-text-color); }
+#generated-view .tok { border-radius: 3px; }
+#generated-view .tok[title] { cursor: help; }
+#generated-view .tok.nl::before { content: "↵"; opacity: 0.45; }
+#generated-view .p50 { background: hsla(130, 60%, 45%, 0.30); }
+#generated-view .p20 { background: hsla(90, 65%, 45%, 0.30); }
+#generated-view .p5 { background: hsla(50, 90%, 50%, 0.35); }
+#generated-view .p1 { background: hsla(25, 90%, 55%, 0.35); }
+#generated-view .p0 { background: hsla(0, 85%, 55%, 0.35); }
+#generated-view .legend { margin-top: 0.6em; font-size: 0.85em; color: var(--body-text-color-subdued); }
+#generated-view .legend .tok { padding: 0 4px; margin-left: 2px; color: var(--body-text-color); white-space: nowrap; }
 @media (max-width: 480px) {
-  .tab-wrapper .tab-container button { padding: 0 7px !important; font-size: 14px !important; }
+  .tab-wrapper .tab-container button { padding: 0 5px !important; font-size: 12.5px !important; }
 }
 """
+
+# Gradio scopes ``CSS`` to the page's content; the 32 px side margins of the app around it need a plain
+# style in the head: at phone widths they would leave too little room for the tab bar (6 tabs).
+HEAD = """<style>
+@media (max-width: 480px) { gradio-app .main.fillable.app { padding-left: 8px; padding-right: 8px; } }
+</style>"""
 
 
 @dataclass
@@ -47,6 +65,7 @@ class Page:
     state: gr.State
     wire: Wiring
     links: Links
+    demo: gr.Blocks | None = None  # for page-load events (the Generate tab restores a share link's settings)
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,8 @@ TABS = (
     Tab("Attention", "attention", attention.build),
     Tab("Probabilities", "probabilities", probabilities.build),
     Tab("Fine-tune", "finetune", finetune.build),
+    Tab("Beams", "beam", beam.build),
+    Tab("Diversity", "diversity", diversity.build),
 )
 
 
@@ -91,7 +112,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
     # minutes, checked every minute: long enough to start a run on an upload, short for a big download.
     with gr.Blocks(title="GPT-2 Playground", delete_cache=(60, 900)) as demo:
         state = gr.State(None, time_to_live=ctx.caps.session_ttl_s, delete_callback=_close)
-        page = Page(ctx, state, Wiring(ctx, state), Links())
+        page = Page(ctx, state, Wiring(ctx, state), Links(), demo)
         gr.Markdown(INTRO)
         build_header(page)
         with gr.Tabs() as tabs:

@@ -19,14 +19,20 @@ from ..figures import GLTR_COLORS, candidates_bar, gltr_highlights, logit_lens_h
 from ..inputs import UserError
 from ..session import GenerationRecord, Session
 from ..updates import KEEP, Update, update
-from . import records
+from . import branch, records
 
 TOP_K = 12  # candidates shown per step (the chosen token is added when it is not among them)
 LENS_TOKENS = 48  # the logit lens reads every layer over the whole vocabulary: keep it to the last few tokens
 NO_TEXT = "text is empty: enter a text to analyse (or click “Use the selected generation”)."
 RECOMPUTED = ("Only the latest generations keep their logits, so the model was run again on this step's context "
               "(probabilities may differ from the generation's in the last digits).")
-SLIDER_RANGES = {"temperature": (0, 2), "top_k": (0, 200), "top_p": (0, 1), "repetition_penalty": (0.5, 2)}
+# The "what if" sliders, in the order of /step_probabilities' parameters, with their ranges on the page.
+SLIDER_RANGES = {"temperature": (0, 2), "top_k": (0, 200), "top_p": (0, 1), "repetition_penalty": (0.5, 2),
+                 "min_p": (0, 1), "typical_p": (0.01, 1), "epsilon_cutoff": (0, 0.02), "eta_cutoff": (0, 0.02),
+                 "no_repeat_ngram_size": (0, inputs.MAX_NGRAM)}
+SETTINGS = tuple(SLIDER_RANGES)
+# What ``show_record`` returns, in order (the layout wires its outputs in the same order).
+SHOWN = ("step", *SETTINGS, "candidates", "info", "kept", "token", "lineage", "family")
 
 
 # ---- one generated step ----------------------------------------------------------------------------------
@@ -61,6 +67,27 @@ def candidates(record: GenerationRecord, step: int, probs: dict[str, torch.Tenso
         ids.append(chosen)
     index = torch.tensor(ids)
     return gpt2.token_display(ids), {name: p[index].numpy() for name, p in probs.items()}, ids.index(chosen)
+
+
+def off_stages(params: gpt2.SamplingParams) -> list[str]:
+    """The sampler stages that ``params`` switch off (they leave the distribution as it is)."""
+    off = {"repetition penalty": params.repetition_penalty == 1, "no-repeat n-gram": params.no_repeat_ngram_size == 0,
+           "temperature": params.temperature == 1, "top-k": params.top_k == 0, "top-p": params.top_p == 1,
+           "min-p": params.min_p == 0, "typical": params.typical_p == 1, "epsilon": params.epsilon_cutoff == 0,
+           "eta": params.eta_cutoff == 0}
+    return [stage for stage in gpt2.sampling.STAGES if off.get(stage, False)]
+
+
+def kept_counts(probs: dict[str, torch.Tensor]) -> dict[str, int]:
+    """How many tokens of the whole vocabulary each stage leaves a chance."""
+    return {name: int((p > 0).sum()) for name, p in probs.items()}
+
+
+def stages_line(probs: dict[str, torch.Tensor], off: list[str]) -> str:
+    """Markdown: every stage in order with the tokens it keeps, or "off"."""
+    kept = kept_counts(probs)
+    return "tokens kept: " + " → ".join(f"{name} off" if name in off else f"{name} **{kept[name]:,}**"
+                                        for name in probs)
 
 
 def step_stages(record: GenerationRecord, step: int, params: gpt2.SamplingParams, k: int = TOP_K,
@@ -114,7 +141,8 @@ def _entropy(p: torch.Tensor) -> float:
     return max(0.0, float(-(p * p.log()).sum()))  # no "-0.00" for a one-token distribution
 
 
-def step_summary(record: GenerationRecord, step: int, probs: dict[str, torch.Tensor], notes: list[str]) -> str:
+def step_summary(record: GenerationRecord, step: int, probs: dict[str, torch.Tensor], notes: list[str],
+                 off: list[str] = ()) -> str:
     """Markdown: the chosen token, its rank and probabilities raw / after the sampler, and the entropies."""
     chosen = record.token_ids[step]
     details = record.steps[step]
@@ -127,7 +155,11 @@ def step_summary(record: GenerationRecord, step: int, probs: dict[str, torch.Ten
         f"p = **{_pct(float(raw[chosen]))}** raw → **{_pct(float(final[chosen]))}** after the sampler with these "
         f"settings (at generation time: {_pct(details.chosen_prob)})",
         f"entropy {details.entropy:.2f} nats raw → {_entropy(final):.2f} nats after the sampler",
+        stages_line(probs, list(off)),
     ]
+    if record.parent is not None and step <= record.branch_step:  # a branch's first tokens were not drawn
+        whose = "the token this branch was made with" if step == record.branch_step else f"#{record.parent}'s own"
+        main[0] += f" · forced: {whose}"
     if float(final[chosen]) == 0:
         notes = ["With these settings the sampler would have removed the chosen token.", *notes]
     return "  \n".join(main) + "".join(f"\n\n> {note}" for note in notes)
@@ -140,20 +172,26 @@ def _draw(ctx: AppContext, session: Session, record: GenerationRecord, step, par
     i = inputs.index("step", step, n, f"generation #{record.id} has {n} tokens; 0 = the first")
     logits, kept, notes = step_logits(ctx, session, record, i, kept)
     probs = stage_probs(record, i, params, logits)
-    return candidates_bar(*candidates(record, i, probs)), step_summary(record, i, probs, notes), kept
+    off = off_stages(params)
+    figure = candidates_bar(*candidates(record, i, probs), kept=kept_counts(probs), off=off)
+    return figure, step_summary(record, i, probs, notes, off), kept
 
 
 def step_probabilities(ctx: AppContext, session: Session, record, step, temperature, top_k, top_p,
-                       repetition_penalty, kept: KeptLogits | None = None) -> tuple[go.Figure, str, KeptLogits | None]:
+                       repetition_penalty, min_p=None, typical_p=None, epsilon_cutoff=None, eta_cutoff=None,
+                       no_repeat_ngram_size=None,
+                       kept: KeptLogits | None = None) -> tuple[go.Figure, str, KeptLogits | None]:
     """Candidates of generated token ``step`` (0 = the first) of generation ``record`` (empty or "latest":
-    the newest) through the sampler stages under the given settings, from its kept logits: (candidates
+    the newest) through every sampler stage under the given settings, from its kept logits: (candidates
     figure, step info, what to keep). A setting left None means the generation's own."""
     chosen = records.find(session, record)
-    own = chosen.params
-    settings = [own_value if value is None or value == "" else value for value, own_value in
-                ((temperature, own.temperature), (top_k, own.top_k), (top_p, own.top_p),
-                 (repetition_penalty, own.repetition_penalty))]
-    params = inputs.sampling(1, *settings, max_tokens=1)  # 1: a step view makes no new tokens
+    given = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                 min_p=min_p, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff,
+                 no_repeat_ngram_size=no_repeat_ngram_size)
+    v = {name: getattr(chosen.params, name) if value is None or value == "" else value for name, value in given.items()}
+    advanced = {name: v[name] for name in inputs.ADVANCED_OFF}
+    params = inputs.sampling(1, v["temperature"], v["top_k"], v["top_p"], v["repetition_penalty"], max_tokens=1,
+                             **advanced)  # 1: a step view makes no new tokens
     return _draw(ctx, session, chosen, step, params, kept)
 
 
@@ -165,23 +203,26 @@ def _settings(params: gpt2.SamplingParams) -> tuple[Update, ...]:
 
 
 def show_record(ctx: AppContext, session: Session, record, kept: KeptLogits | None = None) -> tuple:
-    """A generation picked: the step slider over its tokens, the sampler sliders at its own settings and
-    its first step drawn: (step, temperature, top_k, top_p, repetition_penalty, candidates, step info,
-    kept). Without any generation yet, only the step info changes: it says what to do."""
+    """A generation picked: the step slider over its tokens, the sampler sliders at its own settings, its
+    first step drawn, the candidates to branch with and its tree of branches (the outputs ``SHOWN``).
+    Without any generation yet, only the step info changes: it says what to do."""
     if not session.records:
-        return (*(KEEP,) * 6, records.NO_GENERATION, kept)
+        return tuple(records.NO_GENERATION if name == "info" else kept if name == "kept" else KEEP for name in SHOWN)
     chosen = records.find(session, record)
     n = len(chosen.token_ids)
     step = update(value=0, minimum=0, maximum=max(1, n - 1), interactive=n > 1)  # a 0..0 slider won't render
-    return step, *_settings(chosen.params), *_draw(ctx, session, chosen, 0, chosen.params, kept)
+    return (step, *_settings(chosen.params), *_draw(ctx, session, chosen, 0, chosen.params, kept),
+            branch.token_choices(ctx, session, chosen.id, 0), *records.lineage(session, chosen))
 
 
 def follow(ctx: AppContext, session: Session, record, kept: KeptLogits | None = None) -> tuple:
     """After a generation: the picker's fresh choices, then ``show_record``'s outputs for the new one when
-    the picker follows the latest (or its choice was dropped); the user's own choice stays as it is."""
+    the picker follows the latest (or its choice was dropped); the user's own choice stays as it is (its
+    tree of branches is refreshed)."""
     picker = records.picker(session, record)
     if inputs.record_id(picker["value"]) is not None:  # a generation the user chose, still kept
-        return picker, *(KEEP,) * 7, kept
+        tree = records.lineage(session, records.find(session, picker["value"]))
+        return picker, *(KEEP,) * (len(SHOWN) - 4), kept, KEEP, *tree
     return picker, *show_record(ctx, session, inputs.LATEST, kept)
 
 
@@ -191,9 +232,22 @@ def open_latest(ctx: AppContext, session: Session, kept: KeptLogits | None = Non
     return picker, *show_record(ctx, session, inputs.LATEST, kept)
 
 
+def go_to(ctx: AppContext, session: Session, record, kept: KeptLogits | None = None) -> tuple:
+    """A generation picked in the tree of branches (or a branch just made): the picker on it, which is
+    drawn (as ``follow``)."""
+    chosen = records.find(session, record)
+    picker = update(choices=records.choices(session), value=chosen.id)
+    return picker, *show_record(ctx, session, chosen.id, kept)
+
+
+def show_branch(ctx: AppContext, session: Session, kept: KeptLogits | None = None) -> tuple:
+    """After "Continue from this token": the new branch (the newest generation) picked and drawn."""
+    return go_to(ctx, session, inputs.LATEST, kept)
+
+
 def reset(ctx: AppContext, session: Session, record, step, kept: KeptLogits | None = None) -> tuple:
     """The sampler sliders back at the generation's own settings, and the step re-drawn with them:
-    (temperature, top_k, top_p, repetition_penalty, candidates, step info, kept)."""
+    (every setting of ``SETTINGS``, candidates, step info, kept)."""
     chosen = records.find(session, record)
     return *_settings(chosen.params), *_draw(ctx, session, chosen, step, chosen.params, kept)
 
