@@ -1,6 +1,7 @@
 """GPT-2 from scratch in PyTorch: model, weights I/O, tokenizer, sampling, generation, inspection, LoRA."""
 
 from .config import PRESETS, GPTConfig
+from .edit import Edit, ResidualPatch
 from .generation import Step, StepDetails, generate, generate_text
 from .lora import LoRAAdapter, LoRAConfig, LoRALinear, install_lora, merge_lora, use_adapter, with_adapter
 from .model import GPT2, KVCache, Trace
@@ -24,6 +25,7 @@ from .tokenizer import EOT_ID, EOT_TOKEN, encode, get_tokenizer, token_display
 from .weights import HUB_MODELS, CheckpointError
 
 __all__ = [
+    "Edit", "ResidualPatch",
     "GPT2", "GPTConfig", "PRESETS", "KVCache", "Trace", "SamplingParams", "process_logits", "sampler_stages",
     "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "sample",
     "apply_no_repeat_ngram", "apply_min_p", "apply_typical", "apply_epsilon", "apply_eta",

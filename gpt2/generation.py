@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .config import GPTConfig
+from .edit import Edit
 from .model import GPT2, KVCache, Trace
 from .sampling import (
     SamplingParams,
@@ -148,10 +149,11 @@ def _append(all_ids: torch.Tensor, n: int, token: int) -> torch.Tensor:
 
 
 @_stepwise
-def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool) -> tuple[torch.Tensor, Trace | None]:
+def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool,
+             edit: Edit | None = None) -> tuple[torch.Tensor, Trace | None]:
     """Logits for the last position only, in fp32, plus that position's attention rows if asked."""
     trace = Trace(attn_layers=range(model.config.n_layer), attn_rows=slice(-1, None)) if want_attn else None
-    logits = model(ids[None], cache, trace=trace, last_only=True)[0, -1].float()
+    logits = model(ids[None], cache, trace=trace, last_only=True, edit=edit)[0, -1].float()
     return logits, trace
 
 
@@ -194,7 +196,7 @@ def _pick(logits: torch.Tensor, prev_ids: torch.Tensor, params: SamplingParams, 
 
 
 def _decode_next(model: GPT2, all_ids: torch.Tensor, n: int, start: int, cache: KVCache,
-                 want_attn: bool) -> tuple[torch.Tensor, Trace | None, int, str | None]:
+                 want_attn: bool, edit: Edit | None = None) -> tuple[torch.Tensor, Trace | None, int, str | None]:
     """Logits after the newest of the ``n`` tokens, the window's start and a notice if it moved.
 
     Normally one cached step. With the context full, the window slides instead: the last three quarters
@@ -202,10 +204,10 @@ def _decode_next(model: GPT2, all_ids: torch.Tensor, n: int, start: int, cache: 
     """
     block = model.config.block_size
     if cache.pos != block:
-        return *_forward(model, all_ids[n - 1 : n], cache, want_attn), start, None
+        return *_forward(model, all_ids[n - 1 : n], cache, want_attn, edit), start, None
     keep = block - block // 4
     cache.reset()
-    logits, trace = _forward(model, all_ids[n - keep : n], cache, want_attn)
+    logits, trace = _forward(model, all_ids[n - keep : n], cache, want_attn, edit)
     return logits, trace, n - keep, f"Context full ({block} tokens): the model now sees only the last {keep}."
 
 
@@ -218,6 +220,7 @@ def generate(
     attention: bool = False,
     keep_logits: bool = False,
     forced_ids: Sequence[int] = (),
+    edit: Edit | None = None,
 ) -> Iterator[Step]:
     """Yield one ``Step`` per new token until ``max_new_tokens``, ``<|endoftext|>`` or a stop string.
 
@@ -228,6 +231,8 @@ def generate(
 
     ``forced_ids`` are taken as the first new tokens instead of the picks (a branch from a candidate): each
     step still draws, so what follows uses the same random numbers as an unforced run with the same seed.
+    ``edit`` (``gpt2.Edit``) intervenes in every pass of this generation only; with the same seed the run
+    is comparable token by token with a plain one.
     """
     ids, notice = _prompt(prompt_ids, model.config)
     _check_ids(list(forced_ids), model.config.vocab_size, "forced_ids")
@@ -237,7 +242,7 @@ def generate(
     stops = _StopFilter(params.stop)
     want_details = top_candidates > 0 or attention or keep_logits
     fast_greedy = params.greedy and not want_details
-    logits, trace = _forward(model, all_ids[:n], cache, attention)  # prefill
+    logits, trace = _forward(model, all_ids[:n], cache, attention, edit)  # prefill
     for i in range(params.max_new_tokens):
         processed, token = _pick(logits, all_ids[:n], params, gen, fast_greedy)
         token = forced_ids[i] if i < len(forced_ids) else token
@@ -252,7 +257,7 @@ def generate(
         yield Step(i, token, text, reason, notice, details)
         if reason:
             return
-        logits, trace, start, notice = _decode_next(model, all_ids, n, start, cache, attention)
+        logits, trace, start, notice = _decode_next(model, all_ids, n, start, cache, attention, edit)
 
 
 def generate_text(model: GPT2, prompt: str, params: SamplingParams = SamplingParams()) -> str:

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
+from .edit import Edit, ablate, patched
 from .weights import load_checkpoint, resolve_device_dtype, save_checkpoint
 
 
@@ -33,9 +34,11 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0  # positions filled so far
+        self.head_sums: dict[int, torch.Tensor] = {}  # layer -> (B, nh, 1, hs): for an Edit's mean ablation
 
     def reset(self) -> None:
         self.pos = 0
+        self.head_sums.clear()
 
 
 @dataclass
@@ -49,8 +52,13 @@ class Trace:
     attn_layers: Collection[int] = ()  # layers whose attention pattern (all heads) to keep
     attn_rows: slice | None = None  # query rows of this pass to keep (None: all; slice(-1, None): last)
     hidden: bool = False  # keep the residual stream: embeddings, then the output of every block
+    # keep every layer's per-head outputs (before attn.c_proj, after any Edit) and MLP outputs, for the
+    # ``attn_rows`` rows: what direct logit attribution splits a prediction into
+    components: bool = False
     attn: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, nh, rows, T_keys)
     hidden_states: list[torch.Tensor] = field(default_factory=list)  # n_layer + 1 of (B, T, C)
+    head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, nh, rows, hs)
+    mlp_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, rows, C)
 
 
 class CausalSelfAttention(nn.Module):
@@ -62,7 +70,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv=None, pos: int = 0, trace: Trace | None = None, layer: int = 0):
+    def forward(self, x, kv=None, pos: int = 0, trace: Trace | None = None, layer: int = 0,
+                edit: Edit | None = None, sums: dict | None = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -82,6 +91,10 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(T, pos, q.device), dropout_p=dropout_p)
         if trace is not None and layer in trace.attn_layers:
             trace.attn[layer] = _attention_pattern(q, k, pos, trace.attn_rows or slice(None))
+        if edit is not None and layer in edit.ablate_heads:
+            y = ablate(y, edit.ablate_heads[layer], edit.mode, sums, layer, pos)  # (B, nh, T, hs)
+        if trace is not None and trace.components:
+            trace.head_outputs[layer] = y[:, :, trace.attn_rows or slice(None)]  # (B, nh, rows, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         y = self.c_proj(y)
         return self.resid_dropout(y) if self.training else y  # eval: skip an identity call (per token)
@@ -130,9 +143,13 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv=None, pos: int = 0, trace: Trace | None = None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), kv, pos, trace, layer)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, kv=None, pos: int = 0, trace: Trace | None = None, layer: int = 0,
+                edit: Edit | None = None, sums: dict | None = None):
+        x = x + self.attn(self.ln_1(x), kv, pos, trace, layer, edit, sums)
+        m = self.mlp(self.ln_2(x))
+        if trace is not None and trace.components:
+            trace.mlp_outputs[layer] = m[:, trace.attn_rows or slice(None)]  # (B, rows, C)
+        return x + m
 
 
 class GPT2(nn.Module):
@@ -171,20 +188,24 @@ class GPT2(nn.Module):
         *,
         trace: Trace | None = None,
         last_only: bool = False,
+        edit: Edit | None = None,
     ) -> torch.Tensor:
         """Logits ``(B, T, vocab)``, or ``(B, 1, vocab)`` for the last position with ``last_only``.
 
-        With ``cache``, ``idx`` continues the cached sequence and the cache advances by ``T``.
+        With ``cache``, ``idx`` continues the cached sequence and the cache advances by ``T``. ``edit``
+        intervenes in this pass only (``gpt2.Edit``: knocked-out heads, a patched residual, embeddings).
         """
-        x = self.residual(idx, cache, trace=trace)
+        x = self.residual(idx, cache, trace=trace, edit=edit)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.transformer.ln_f(x))
 
     def residual(self, idx: torch.Tensor, cache: KVCache | None = None, *, trace: Trace | None = None,
-                 layers: int | None = None) -> torch.Tensor:
+                 layers: int | None = None, edit: Edit | None = None) -> torch.Tensor:
         """The residual stream ``(B, T, C)`` after the first ``layers`` blocks (default: all of them).
         Fewer layers stop the pass early, e.g. when only an early layer's attention is wanted."""
+        if edit is not None:
+            edit.check(self.config.n_layer, self.config.n_head)
         if cache is not None and layers is not None:
             raise ValueError("a cached pass must run every layer: their caches advance together")
         B, T = idx.shape
@@ -195,12 +216,18 @@ class GPT2(nn.Module):
                 f"sequence of {pos + T} tokens exceeds the context of {min(limit, self.config.block_size)}"
             )
         tr = self.transformer
-        x = tr.drop(tr.wte(idx) + tr.wpe.weight[pos : pos + T])  # (B, T, C)
+        tok = tr.wte(idx) if edit is None or edit.embeddings is None else edit.embeddings
+        x = tr.drop(tok + tr.wpe.weight[pos : pos + T])  # (B, T, C)
+        sums = cache.head_sums if cache is not None else None
+        if edit is not None:
+            x = patched(x, edit.patch, 0)
         if trace is not None and trace.hidden:
             trace.hidden_states.append(x)
         for i, block in enumerate(tr.h[:layers]):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            x = block(x, kv, pos, trace, i)
+            x = block(x, kv, pos, trace, i, edit, sums)
+            if edit is not None:
+                x = patched(x, edit.patch, i + 1)
             if trace is not None and trace.hidden:
                 trace.hidden_states.append(x)
         if cache is not None:
