@@ -633,6 +633,9 @@ API_CASES: list[Case] = [
          refused(named("no_repeat_ngram_size"), WHOLE)),
     Case("/diversity no_repeat_ngram_size NaN", "/diversity", diversity(no_repeat_ngram_size=NAN),
          refused(named("no_repeat_ngram_size")), http=True),
+    # ---- /ablate (ABLATE-ROWS)
+    # ---- /attribute (ATTRIBUTE-ROWS)
+    # ---- /patch (PATCH-ROWS)
 ]
 
 

@@ -33,6 +33,11 @@ class Caps:
     # Positions (rows x tokens) a batched cache may hold: beams or diversity samples x (prompt + new tokens).
     # 8 beams over the whole 1,024-token context: 0.6 GB on GPT-2 124M in fp32. Longer prompts are cropped.
     max_cache_positions: int = field(default_factory=lambda: _env_int("GPT2_MAX_CACHE_POSITIONS", 8192))
+    # The Lab's experiments: tokens of a text to attribute (each method runs up to ``steps`` or T passes),
+    # integrated-gradients steps, and tokens of a patching prompt (one pass per layer and position).
+    max_attribution_tokens: int = field(default_factory=lambda: _env_int("GPT2_MAX_ATTRIBUTION_TOKENS", 256))
+    max_attribution_steps: int = field(default_factory=lambda: _env_int("GPT2_MAX_ATTRIBUTION_STEPS", 64))
+    max_patch_tokens: int = field(default_factory=lambda: _env_int("GPT2_MAX_PATCH_TOKENS", 64))
     max_train_steps: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_STEPS", 500))
     max_train_seconds: int = field(default_factory=lambda: _env_int("GPT2_MAX_TRAIN_SECONDS", 180))
     max_upload_bytes: int = field(default_factory=lambda: _env_int("GPT2_MAX_UPLOAD_BYTES", 2_000_000))

@@ -16,7 +16,7 @@ from .. import memory
 from ..context import AppContext
 from ..logic import header
 from ..session import Session
-from . import attention, beam, diversity, finetune, generate, probabilities, widgets
+from . import attention, beam, diversity, finetune, generate, lab, probabilities, widgets
 from .links import MODEL_CHANGED, Links, tab_selected
 from .wiring import Wiring
 
@@ -45,14 +45,14 @@ CSS = """
 #generated-view .legend { margin-top: 0.6em; font-size: 0.85em; color: var(--body-text-color-subdued); }
 #generated-view .legend .tok { padding: 0 4px; margin-left: 2px; color: var(--body-text-color); white-space: nowrap; }
 @media (max-width: 480px) {
-  .tab-wrapper .tab-container button { padding: 0 5px !important; font-size: 12.5px !important; }
+  .tab-wrapper .tab-container button { padding: 0 4px !important; font-size: 12px !important; }
 }
 """
 
 # Gradio scopes ``CSS`` to the page's content; the 32 px side margins of the app around it need a plain
 # style in the head: at phone widths they would leave too little room for the tab bar (6 tabs).
 HEAD = """<style>
-@media (max-width: 480px) { gradio-app .main.fillable.app { padding-left: 8px; padding-right: 8px; } }
+@media (max-width: 480px) { gradio-app .main.fillable.app { padding-left: 4px; padding-right: 4px; } }
 </style>"""
 
 
@@ -82,6 +82,7 @@ TABS = (
     Tab("Fine-tune", "finetune", finetune.build),
     Tab("Beams", "beam", beam.build),
     Tab("Diversity", "diversity", diversity.build),
+    Tab("Lab", "lab", lab.build),
 )
 
 
