@@ -43,6 +43,7 @@ class _Widgets:
     plot: gr.Plot
     note: gr.Markdown
     table: gr.Dataframe
+    knock_out: gr.Button
 
     def values(self, *names: str) -> dict:
         """The widgets named, by parameter name (the ``/attention`` order when all are asked)."""
@@ -55,6 +56,9 @@ class _Widgets:
 DRAWING = ("text", "source", "record", "layer", "head", "view", "query", "step", "scale")  # /attention's parameters
 FITTING = ("text", "source", "record", "view", "layer", "head", "query", "step")
 PAGE_WIDTH = "() => window.innerWidth"  # a JavaScript-only event: the browser's width into ``width``
+# "Knock out this head in the Lab ›": the layer.head of the sliders, left in the browser for the Lab's
+# knock-out section to turn on (``ui.layout.lab_ablate.PICKED_JS``) once the Lab opens.
+KNOCK_OUT_JS = "(layer, head) => { window.gpt2LabHeads = `${Math.round(layer)}.${Math.round(head)}`; }"
 
 
 def _widest(ctx: AppContext, default: gpt2.GPTConfig) -> tuple[int, int, int]:
@@ -104,7 +108,8 @@ def _layout(ctx: AppContext) -> _Widgets:
     gr.Markdown(HEADS_LEGEND)
     table = gr.Dataframe(headers=logic.TABLE_COLUMNS, datatype=["number"] * len(logic.TABLE_COLUMNS),
                          interactive=False, label="heads", show_label=False, max_height=400)
-    return _Widgets(**controls, plot=plot, note=note, table=table)
+    knock_out = gr.Button("Knock out this head in the Lab ›", size="sm")  # the layer and head of the sliders
+    return _Widgets(**controls, plot=plot, note=note, table=table, knock_out=knock_out)
 
 
 def _source_shown(source: str) -> tuple:
@@ -162,6 +167,8 @@ def _follow(page, w: _Widgets) -> None:
     page.links.follow(tab_selected("attention"), lambda listener: wire.on(
         measured(listener), logic.fit, w.values(*FITTING), fit_out))
     page.links.follow(MODEL_CHANGED, lambda listener: wire.on(listener, logic.fit, w.values(*FITTING), fit_out))
+    knocked = w.knock_out.click(None, [w.layer, w.head], None, js=KNOCK_OUT_JS, queue=False, api_visibility="private")
+    page.links.emit(open_tab("lab"), knocked.then)
 
 
 def build(page) -> None:

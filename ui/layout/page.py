@@ -23,7 +23,8 @@ from .wiring import Wiring
 INTRO = """# GPT-2 Playground
 See how a GPT-2 language model thinks: **generate** text (sampling, greedy or beam search), look at where each
 token **attends**, see the **probabilities** behind every choice and branch from any of them, watch a **beam
-search** as a tree, measure the **diversity** of samples, and **fine-tune** it on your own text, all in the browser."""
+search** as a tree, measure the **diversity** of samples, **fine-tune** it on your own text, and in the **Lab**
+knock out heads, attribute a prediction to its inputs and patch activations: all in the browser."""
 
 
 # The generation's view tells the prompt (muted) from the generated text, whose tokens are coloured by

@@ -13,8 +13,9 @@ past the count). No second bookkeeping of events that could drift from the queue
 
 - A session may have ``caps.max_events_per_session`` events (clicks, API calls) queued or running.
 - The page's own follow-ups (an event chained with ``.then``/``.success``, which the browser joins when
-  the event before it ends) have an allowance of their own, twice that (the page's widest fan-out is two
-  follow-ups of one event), so a generation's follow-ups are never refused because of the next click.
+  the event before it ends) have an allowance of their own, ``FOLLOW_UPS_PER_EVENT`` times that (the page's
+  widest fan-out of follow-ups from one event), so a generation's follow-ups are never refused because of
+  the next click.
 - Fine-tuning (the ``FINETUNE_POOL`` concurrency id): one per session, and at most
   ``caps.max_queued_finetunes`` waiting or running on the server, so generation stays available.
 
@@ -37,7 +38,8 @@ from starlette.middleware import Middleware
 from ..context import Caps
 
 FINETUNE_POOL = "train"  # the fine-tune tab's concurrency id (``ui/layout/finetune.py``)
-FOLLOW_UPS_PER_EVENT = 2  # the page's widest fan-out of ``.then`` follow-ups from one event
+FOLLOW_UPS_PER_EVENT = 3  # the page's widest fan-out of ``.then`` follow-ups from one event (a generation: its record,
+# then the pickers of Attention, Probabilities and the Lab's attribution follow it)
 ENTRY = re.compile(r"/(?:queue/join|call/(?:v2/)?(?P<api_name>[^/]+)/?)$")  # the ways into Gradio's queue
 
 Scope = MutableMapping[str, Any]
