@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .generation import _prompt, _stepwise
+from .generation import crop_prompt, prefill_rows, stepwise
 from .model import GPT2, KVCache
 from .sampling import SamplingParams, make_generator, process_logits
 from .tokenizer import EOT_ID, get_tokenizer
@@ -86,22 +86,7 @@ class Metrics:
     num_tokens: int
 
 
-@_stepwise
-def _prefill(model: GPT2, ids: list[int], n: int, max_new_tokens: int) -> tuple[torch.Tensor, KVCache]:
-    """Logits ``(n, V)`` after the prompt, and an ``n``-row cache holding it: one pass, then copied."""
-    length = min(model.config.block_size, len(ids) + max_new_tokens)
-    cache = model.new_cache(1, length)
-    logits = model(torch.tensor([ids], device=model.device), cache, last_only=True)[:, -1].float()
-    if n == 1:
-        return logits, cache
-    rows = model.new_cache(n, length)
-    rows.k[:, :, :, : cache.pos] = cache.k[:, :, :, : cache.pos]  # broadcast over the batch dimension
-    rows.v[:, :, :, : cache.pos] = cache.v[:, :, :, : cache.pos]
-    rows.pos = cache.pos
-    return logits.expand(n, -1).contiguous(), rows
-
-
-@_stepwise
+@stepwise
 def _decode(model: GPT2, all_ids: torch.Tensor, n: int, cache: KVCache) -> tuple[torch.Tensor, bool]:
     """Logits ``(N, V)`` after the ``n`` tokens of every row: one cached step, or (context full) the last
     three quarters prefilled again into the emptied cache, as ``gpt2.generate`` does; and whether it slid."""
@@ -128,7 +113,7 @@ def _choose(processed: torch.Tensor, params: SamplingParams, gen: torch.Generato
     return torch.where(removed, processed.argmax(dim=-1), token) if bool(removed.any()) else token
 
 
-@_stepwise
+@stepwise
 def _draw(logits: torch.Tensor, context: torch.Tensor, params: SamplingParams,
           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's next token and its raw log-probability (before the sampler stages)."""
@@ -136,7 +121,7 @@ def _draw(logits: torch.Tensor, context: torch.Tensor, params: SamplingParams,
     return token, logits.log_softmax(-1).gather(1, token[:, None])[:, 0]
 
 
-@_stepwise
+@stepwise
 def _run(model: GPT2, ids: list[int], params: SamplingParams, n: int) -> tuple[torch.Tensor, torch.Tensor,
                                                                                  torch.Tensor, bool]:
     """The batched decode loop: (new ids (n, T'), their log-probs, each row's length, whether it slid)."""
@@ -147,7 +132,8 @@ def _run(model: GPT2, ids: list[int], params: SamplingParams, n: int) -> tuple[t
     lengths = torch.full((n,), T, dtype=torch.long, device=model.device)
     done = torch.zeros(n, dtype=torch.bool, device=model.device)
     gen = make_generator(params.seed, model.device)
-    logits, cache = _prefill(model, ids, n, T)
+    logits, cache = prefill_rows(model, ids, n, min(model.config.block_size, P + T))
+    logits = logits.expand(n, -1)  # (n, V): every row starts from the same prompt
     slid, steps = False, T
     for i in range(T):
         token, logprobs[:, i] = _draw(logits, all_ids[:, : P + i], params, gen)
@@ -173,7 +159,7 @@ def sample_batch(model: GPT2, prompt_ids: Sequence[int], params: SamplingParams 
         raise ValueError(f"num_samples must be an integer >= 1; got {num_samples!r}")
     if params.seed is None:
         params = replace(params, seed=secrets.randbelow(2**63))  # not torch's global generator: no side effect
-    ids, notice = _prompt(prompt_ids, model.config)
+    ids, notice = crop_prompt(prompt_ids, model.config)
     new_ids, logprobs, lengths, slid = _run(model, ids, params, num_samples)
     if slid:
         keep = model.config.block_size - model.config.block_size // 4

@@ -92,17 +92,17 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
-def _stepwise(fn):
+def stepwise(fn):
     """Run ``fn`` without autograd and outside inference mode. The generator keeps tensors (KV cache,
     ids) across yields and may resume on a thread whose modes differ from the caller's, so they must
     be ordinary tensors, never inference tensors."""
     return torch.inference_mode(False)(torch.no_grad()(fn))
 
 
-def _prompt(prompt_ids: Sequence[int], config: GPTConfig) -> tuple[list[int], str | None]:
+def crop_prompt(prompt_ids: Sequence[int], config: GPTConfig) -> tuple[list[int], str | None]:
     """The ids the model starts from, and a notice if the prompt had to be cropped to the context."""
     ids = list(prompt_ids) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, like GPT-2's samples
-    _check_ids(ids, config.vocab_size)
+    check_ids(ids, config.vocab_size)
     if len(ids) <= config.block_size:
         return ids, None
     notice = f"Prompt of {len(ids)} tokens cropped to its last {config.block_size} (the model's context)."
@@ -110,7 +110,7 @@ def _prompt(prompt_ids: Sequence[int], config: GPTConfig) -> tuple[list[int], st
     return ids[-config.block_size :], notice
 
 
-def _check_ids(ids: list[int], vocab_size: int, name: str = "prompt_ids") -> None:
+def check_ids(ids: list[int], vocab_size: int, name: str = "prompt_ids") -> None:
     """Refuse ids the embedding cannot look up, naming them (instead of an IndexError deep in the model)."""
     bad = [t for t in ids if not 0 <= t < vocab_size]
     if bad:
@@ -118,7 +118,7 @@ def _check_ids(ids: list[int], vocab_size: int, name: str = "prompt_ids") -> Non
                          f"got {', '.join(map(str, bad[:3]))}{' …' if len(bad) > 3 else ''}")
 
 
-@_stepwise
+@stepwise
 def _start(model: GPT2, ids: list[int], max_new_tokens: int) -> tuple[torch.Tensor, KVCache]:
     """Room for the prompt and the first new tokens (``_append`` grows it), and an empty cache for the window."""
     # Not prompt + max_new_tokens at once: a caller may ask for an absurd number of tokens (and stop the
@@ -132,7 +132,22 @@ def _start(model: GPT2, ids: list[int], max_new_tokens: int) -> tuple[torch.Tens
     return all_ids, model.new_cache(1, min(model.config.block_size, len(ids) + max_new_tokens))
 
 
-@_stepwise
+@stepwise
+def prefill_rows(model: GPT2, ids: list[int], rows: int, max_len: int) -> tuple[torch.Tensor, KVCache]:
+    """Logits ``(1, V)`` in fp32 after the prompt ``ids``, computed once at batch 1, and a ``rows``-row
+    cache of ``max_len`` positions holding the prompt in every row (beams, samples)."""
+    prompt = model.new_cache(1, max_len if rows == 1 else len(ids))
+    logits = model(torch.tensor([ids], device=model.device), prompt, last_only=True)[:, -1].float()  # (1, V)
+    if rows == 1:
+        return logits, prompt
+    cache = model.new_cache(rows, max_len)
+    cache.k[:, :, :, : len(ids)] = prompt.k  # (L, 1, nh, P, hs) broadcast to (L, rows, nh, P, hs)
+    cache.v[:, :, :, : len(ids)] = prompt.v
+    cache.pos = len(ids)
+    return logits, cache
+
+
+@stepwise
 def _grown(all_ids: torch.Tensor) -> torch.Tensor:
     """A copy of the full ``all_ids`` with as much room again after it."""
     grown = torch.empty(2 * all_ids.numel(), dtype=all_ids.dtype, device=all_ids.device)
@@ -148,7 +163,7 @@ def _append(all_ids: torch.Tensor, n: int, token: int) -> torch.Tensor:
     return all_ids
 
 
-@_stepwise
+@stepwise
 def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool,
              edit: Edit | None = None) -> tuple[torch.Tensor, Trace | None]:
     """Logits for the last position only, in fp32, plus that position's attention rows if asked."""
@@ -157,7 +172,7 @@ def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool,
     return logits, trace
 
 
-@_stepwise
+@stepwise
 def _details(logits, processed, token, trace, k, keep_logits, window_start) -> StepDetails:
     raw = logits.softmax(-1)
     probs = processed.softmax(-1)
@@ -234,8 +249,8 @@ def generate(
     ``edit`` (``gpt2.Edit``) intervenes in every pass of this generation only; with the same seed the run
     is comparable token by token with a plain one.
     """
-    ids, notice = _prompt(prompt_ids, model.config)
-    _check_ids(list(forced_ids), model.config.vocab_size, "forced_ids")
+    ids, notice = crop_prompt(prompt_ids, model.config)
+    check_ids(list(forced_ids), model.config.vocab_size, "forced_ids")
     all_ids, cache = _start(model, ids, params.max_new_tokens)
     n, start = len(ids), 0  # tokens so far (prompt + generated) in all_ids; first token inside the window
     gen = make_generator(params.seed, model.device)

@@ -16,12 +16,8 @@ import numpy as np
 import torch
 
 from .edit import Edit
+from .generation import check_ids, stepwise
 from .model import GPT2, KVCache, Trace
-
-
-def _stepwise(fn):
-    """No autograd, not inference mode: tensors kept between calls stay ordinary tensors."""
-    return torch.inference_mode(False)(torch.no_grad()(fn))
 
 
 def _check_token(name: str, token: int | None, vocab_size: int) -> None:
@@ -35,9 +31,7 @@ def _check_ids(name: str, ids: Sequence[int], model: GPT2) -> list[int]:
         raise ValueError(f"{name} is empty: give at least one token")
     if len(ids) > model.config.block_size:
         raise ValueError(f"{name} has {len(ids)} tokens; the model's context is {model.config.block_size}")
-    bad = [t for t in ids if not 0 <= t < model.config.vocab_size]
-    if bad:
-        raise ValueError(f"{name} must be token ids from 0 to {model.config.vocab_size - 1}; got {bad[0]}")
+    check_ids(ids, model.config.vocab_size, name)
     return ids
 
 
@@ -60,7 +54,7 @@ class PatchStep:
     ld_corrupt: float
 
 
-@_stepwise
+@stepwise
 def _runs(model: GPT2, ids: torch.Tensor, target_id: int, foil_id: int) -> tuple[list[torch.Tensor], float, KVCache]:
     """The residual stream of one run (embeddings, then after each block; each ``(T, C)``), its LD and
     its keys and values."""
@@ -69,7 +63,7 @@ def _runs(model: GPT2, ids: torch.Tensor, target_id: int, foil_id: int) -> tuple
     return [h[0] for h in trace.hidden_states], ld, cache
 
 
-@_stepwise
+@stepwise
 def _patched_lds(model: GPT2, corrupt: list[torch.Tensor], cache: KVCache, layer: int, start: int,
                  positions: torch.Tensor, values: torch.Tensor, target_id: int, foil_id: int) -> torch.Tensor:
     """LD of the corrupted run with its residual after ``layer`` blocks at each of ``positions`` (one
@@ -162,14 +156,14 @@ class LogitAttribution:
     foil_id: int | None
 
 
-@_stepwise
+@stepwise
 def _components(model: GPT2, ids: torch.Tensor, edit: Edit | None):
     trace = Trace(components=True, attn_rows=slice(-1, None), hidden=True)
     x = model.residual(ids, trace=trace, edit=edit)
     return x[0, -1].float(), trace
 
 
-@_stepwise
+@stepwise
 def direct_logit_attribution(model: GPT2, ids: Sequence[int], target_id: int, foil_id: int | None = None,
                              edit: Edit | None = None) -> LogitAttribution:
     """Split the last position's logit(target) − logit(foil) (logit(target) without a foil) into what

@@ -35,19 +35,19 @@ class SamplingParams:
     no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
-        _check_float("temperature", self.temperature, 0.0, math.inf, "a number >= 0 (0 = greedy)")
-        _check_int("top_k", self.top_k, 0, "an integer >= 0 (0 = off)")
-        _check_float("top_p", self.top_p, 0.0, 1.0, "a number in [0, 1] (1 = off)")
-        _check_float("repetition_penalty", self.repetition_penalty, 0.0, math.inf, "a number > 0 (1 = off)",
+        check_float("temperature", self.temperature, 0.0, math.inf, "a number >= 0 (0 = greedy)")
+        check_int("top_k", self.top_k, 0, "an integer >= 0 (0 = off)")
+        check_float("top_p", self.top_p, 0.0, 1.0, "a number in [0, 1] (1 = off)")
+        check_float("repetition_penalty", self.repetition_penalty, 0.0, math.inf, "a number > 0 (1 = off)",
                      open_low=True)
-        _check_int("max_new_tokens", self.max_new_tokens, 1, "an integer >= 1")
-        _check_float("min_p", self.min_p, 0.0, 1.0, "a number in [0, 1] (0 = off)")
-        _check_float("typical_p", self.typical_p, 0.0, 1.0, "a number in (0, 1] (1 = off)", open_low=True)
-        _check_float("epsilon_cutoff", self.epsilon_cutoff, 0.0, 1.0, "a number in [0, 1) (0 = off)", open_high=True)
-        _check_float("eta_cutoff", self.eta_cutoff, 0.0, 1.0, "a number in [0, 1) (0 = off)", open_high=True)
-        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "an integer >= 0 (0 = off)")
+        check_int("max_new_tokens", self.max_new_tokens, 1, "an integer >= 1")
+        check_float("min_p", self.min_p, 0.0, 1.0, "a number in [0, 1] (0 = off)")
+        check_float("typical_p", self.typical_p, 0.0, 1.0, "a number in (0, 1] (1 = off)", open_low=True)
+        check_float("epsilon_cutoff", self.epsilon_cutoff, 0.0, 1.0, "a number in [0, 1) (0 = off)", open_high=True)
+        check_float("eta_cutoff", self.eta_cutoff, 0.0, 1.0, "a number in [0, 1) (0 = off)", open_high=True)
+        check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "an integer >= 0 (0 = off)")
         if self.seed is not None:
-            _check_int("seed", self.seed, 0, "an integer in [0, 2**63) or None", high=2**63 - 1)
+            check_int("seed", self.seed, 0, "an integer in [0, 2**63) or None", high=2**63 - 1)
         if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
             object.__setattr__(self, "stop", (self.stop,))
         if not all(isinstance(s, str) and s for s in self.stop):
@@ -59,14 +59,14 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def _check_float(name, value, low, high, allowed, open_low=False, open_high=False) -> None:
+def check_float(name, value, low, high, allowed, open_low=False, open_high=False) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
     if not ok:
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
 
 
-def _check_int(name, value, low, allowed, high=None) -> None:
+def check_int(name, value, low, allowed, high=None) -> None:
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
     if not ok or (high is not None and value > high):
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
@@ -188,22 +188,19 @@ def apply_eta(logits: torch.Tensor, epsilon: float) -> torch.Tensor:
     return _cut_below(logits, torch.minimum(eps, eps.sqrt() * torch.exp(-entropy)))
 
 
-STAGES = ("raw", "repetition penalty", "no-repeat n-gram", "temperature", "top-k", "top-p", "min-p", "typical",
-          "epsilon", "eta")
-
-
-def _stage_fns(context_ids: torch.Tensor, p: SamplingParams):
-    return (
-        lambda x: apply_repetition_penalty(x, context_ids, p.repetition_penalty),
-        lambda x: apply_no_repeat_ngram(x, context_ids, p.no_repeat_ngram_size),
-        lambda x: apply_temperature(x, p.temperature),
-        lambda x: apply_top_k(x, p.top_k),
-        lambda x: apply_top_p(x, p.top_p),
-        lambda x: apply_min_p(x, p.min_p),
-        lambda x: apply_typical(x, p.typical_p),
-        lambda x: apply_epsilon(x, p.epsilon_cutoff),
-        lambda x: apply_eta(x, p.eta_cutoff),
-    )
+# Each stage after the raw logits, in order: (name, fn(logits, context_ids, params) -> logits).
+_STAGES = (
+    ("repetition penalty", lambda x, c, p: apply_repetition_penalty(x, c, p.repetition_penalty)),
+    ("no-repeat n-gram", lambda x, c, p: apply_no_repeat_ngram(x, c, p.no_repeat_ngram_size)),
+    ("temperature", lambda x, c, p: apply_temperature(x, p.temperature)),
+    ("top-k", lambda x, c, p: apply_top_k(x, p.top_k)),
+    ("top-p", lambda x, c, p: apply_top_p(x, p.top_p)),
+    ("min-p", lambda x, c, p: apply_min_p(x, p.min_p)),
+    ("typical", lambda x, c, p: apply_typical(x, p.typical_p)),
+    ("epsilon", lambda x, c, p: apply_epsilon(x, p.epsilon_cutoff)),
+    ("eta", lambda x, c, p: apply_eta(x, p.eta_cutoff)),
+)
+STAGES = ("raw", *(name for name, _ in _STAGES))
 
 
 def sampler_stages(
@@ -212,8 +209,8 @@ def sampler_stages(
     """The logits after each stage, in order, starting with the raw ones (for visualisation)."""
     context_ids = _as_ids(context_ids)
     out = [("raw", logits)]
-    for name, fn in zip(STAGES[1:], _stage_fns(context_ids, params), strict=True):
-        out.append((name, fn(out[-1][1])))
+    for name, fn in _STAGES:
+        out.append((name, fn(out[-1][1], context_ids, params)))
     return out
 
 
@@ -225,9 +222,9 @@ def _as_ids(context_ids) -> torch.Tensor:
 
 def process_logits(logits: torch.Tensor, context_ids, params: SamplingParams) -> torch.Tensor:
     """What the sampler draws from: every stage applied to ``logits`` (``(V,)`` or ``(B, V)``)."""
-    x = logits
-    for fn in _stage_fns(_as_ids(context_ids), params):
-        x = fn(x)
+    x, context_ids = logits, _as_ids(context_ids)
+    for _, fn in _STAGES:
+        x = fn(x, context_ids, params)
     return x
 
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .generation import _prompt, _stepwise
+from .generation import crop_prompt, prefill_rows, stepwise
 from .model import GPT2, KVCache
-from .sampling import _check_float, _check_int, apply_no_repeat_ngram
+from .sampling import apply_no_repeat_ngram, check_float, check_int
 from .tokenizer import EOT_ID
 
 
@@ -46,14 +46,14 @@ class BeamParams:
     num_return_sequences: int = 1
 
     def __post_init__(self) -> None:
-        _check_int("num_beams", self.num_beams, 1, "an integer >= 1")
-        _check_int("max_new_tokens", self.max_new_tokens, 1, "an integer >= 1")
-        _check_float("length_penalty", self.length_penalty, -math.inf, math.inf, "a finite number")
+        check_int("num_beams", self.num_beams, 1, "an integer >= 1")
+        check_int("max_new_tokens", self.max_new_tokens, 1, "an integer >= 1")
+        check_float("length_penalty", self.length_penalty, -math.inf, math.inf, "a finite number")
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ValueError(f'early_stopping must be True, False or "never"; got {self.early_stopping!r}')
-        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "an integer >= 0 (0 = off)")
+        check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "an integer >= 0 (0 = off)")
         n = self.num_beams
-        _check_int("num_return_sequences", self.num_return_sequences, 1, f"an integer from 1 to num_beams ({n})",
+        check_int("num_return_sequences", self.num_return_sequences, 1, f"an integer from 1 to num_beams ({n})",
                    high=n)
 
 
@@ -114,16 +114,11 @@ def _f32_div(value: float, divisor: float) -> float:
     return float(torch.tensor(value, dtype=torch.float32) / divisor)
 
 
-@_stepwise
+@stepwise
 def _prefill(model: GPT2, ids: list[int], num_beams: int, max_len: int) -> tuple[torch.Tensor, KVCache]:
-    """Log-probs ``(1, V)`` after the prompt, and a ``num_beams``-row cache holding the prompt in every row."""
-    prompt = model.new_cache(1, len(ids))
-    x = torch.tensor([ids], device=model.device)  # (1, P)
-    logits = model(x, prompt, last_only=True)[:, -1].float()  # (1, V)
-    cache = model.new_cache(num_beams, max_len)
-    cache.k[:, :, :, : len(ids)] = prompt.k  # (L, 1, nh, P, hs) broadcast to (L, num_beams, nh, P, hs)
-    cache.v[:, :, :, : len(ids)] = prompt.v
-    cache.pos = len(ids)
+    """Log-probs ``(1, V)`` after the prompt (beam 0, the only one at the first step), and a ``num_beams``-row
+    cache holding the prompt in every row."""
+    logits, cache = prefill_rows(model, ids, num_beams, max_len)
     return logits.log_softmax(-1), cache
 
 
@@ -145,7 +140,7 @@ def _assign_rows(prev_rows: list[int], parents: list[int], n_rows: int) -> tuple
     return rows, copies
 
 
-@_stepwise
+@stepwise
 def _advance(model: GPT2, cache: KVCache, copies: list[tuple[int, int]], rows: list[int], tokens: list[int],
              start: int) -> torch.Tensor:
     """Copy cache rows (from ``start``: the prompt is the same in every row), feed each beam's new token in
@@ -162,7 +157,7 @@ def _advance(model: GPT2, cache: KVCache, copies: list[tuple[int, int]], rows: l
     return logits[torch.tensor(rows, device=x.device)].float().log_softmax(-1)  # (B, V), beam order
 
 
-@_stepwise
+@stepwise
 def _top(logp: torch.Tensor, state: _State, ids: list[int], params: BeamParams) -> tuple[list, list[float]]:
     """The step's candidates as ``(beam, token, token_logprob, logprob)``, best first, and their fp32 logprobs."""
     n = params.no_repeat_ngram_size
@@ -235,7 +230,7 @@ def beam_search(model: GPT2, prompt_ids: Sequence[int], params: BeamParams = Bea
     """The ``num_return_sequences`` best continuations of ``prompt_ids`` under beam search (see the module)."""
     if 2 * params.num_beams > model.config.vocab_size:
         raise ValueError(f"num_beams must be at most half the vocabulary ({model.config.vocab_size // 2})")
-    ids, notice = _prompt(prompt_ids, model.config)
+    ids, notice = crop_prompt(prompt_ids, model.config)
     steps = min(params.max_new_tokens, model.config.block_size + 1 - len(ids))  # >= 1: the prompt fits
     logp, cache = _prefill(model, ids, params.num_beams, len(ids) + steps - 1)
     state = _State([[]], [[]], torch.zeros(1, device=model.device), rows=[0])

@@ -188,6 +188,9 @@ def sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed
 
 ADVANCED_OFF = {"min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "no_repeat_ngram_size": 0}
 MAX_NGRAM = 16  # a longer n-gram ban is never met in practice; a bound keeps each step's check cheap
+# The part of each advanced sampler's range the widgets offer (the API takes the whole range checked below).
+ADVANCED_RANGES = {"min_p": (0, 1), "typical_p": (0.01, 1), "epsilon_cutoff": (0, 0.01), "eta_cutoff": (0, 0.01),
+                   "no_repeat_ngram_size": (0, MAX_NGRAM)}
 
 
 def advanced_sampling(suffix: str = "", **values) -> dict:

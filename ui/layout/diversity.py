@@ -11,22 +11,6 @@ from . import widgets
 SWEEP_CHOICES = [("none", "none"), ("temperature 0.2 to 1.6", "temperature"), ("top-p 0.5 to 1", "top_p")]
 
 
-def advanced_sliders() -> dict[str, gr.Slider]:
-    """The advanced samplers, off by default, by parameter name. Their values are checked by the handler
-    (``ui.inputs.advanced_sampling``), whose messages name the parameter and its allowed range."""
-    return {
-        "min_p": widgets.slider(0, 1, value=0, step=0.01, label="min-p", info="0 = off", checked_by_handler=True),
-        "typical_p": widgets.slider(0, 1, value=1, step=0.01, label="typical-p", info="1 = off",
-                                    checked_by_handler=True),
-        "epsilon_cutoff": widgets.slider(0, 0.01, value=0, step=0.0001, label="epsilon cutoff", info="0 = off",
-                                         checked_by_handler=True),
-        "eta_cutoff": widgets.slider(0, 0.01, value=0, step=0.0001, label="eta cutoff", info="0 = off",
-                                     checked_by_handler=True),
-        "no_repeat_ngram_size": widgets.slider(0, 16, value=0, step=1, label="no-repeat n-gram size", info="0 = off",
-                                               checked_by_handler=True),
-    }
-
-
 def build(page) -> None:
     """Lay out the tab and wire it (see ``ui.layout.page``)."""
     caps = page.ctx.caps
@@ -50,7 +34,7 @@ def build(page) -> None:
             seed = widgets.number(value=0, label="seed", info="blank or -1 = random",
                                   allowed="Give a whole number, or leave it blank (or -1) for a random seed.")
             with gr.Accordion("Advanced samplers", open=False):
-                advanced = advanced_sliders()
+                advanced = widgets.advanced_sampler_widgets()
             gr.Markdown(f"At most {caps.max_diversity_tokens:,} tokens per request (samples × new tokens × "
                         "settings: the current one plus each sweep point).")
     inputs = {"prompt": prompt, "num_samples": count, "max_new_tokens": max_new, **settings.inputs(), **advanced,

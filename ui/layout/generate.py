@@ -13,14 +13,6 @@ from . import widgets
 from .links import GENERATED, open_tab
 
 INSPECT = (("attention", "Inspect attention ›"), ("probabilities", "Inspect probabilities ›"))
-# The advanced samplers' sliders: name -> (step, label, info); ranges in ``logic.RANGES``, defaults off.
-ADVANCED = {
-    "min_p": (0.01, "min-p", "0 = off; drops tokens below min-p × the top token's probability"),
-    "typical_p": (0.01, "typical-p", "1 = off; keeps the tokens closest to the expected surprisal"),
-    "epsilon_cutoff": (0.0001, "epsilon cutoff", "0 = off; drops tokens below this probability"),
-    "eta_cutoff": (0.0001, "eta cutoff", "0 = off; a cutoff that shrinks as the entropy grows"),
-    "no_repeat_ngram_size": (1, "no-repeat n-gram size", "0 = off; never repeats an n-gram of this size"),
-}
 # The share link's base is the page's own address, as the browser sees it (also behind a Space's proxy).
 BASE_URL_JS = "(base, ...values) => [window.location.origin + window.location.pathname, ...values]"
 
@@ -113,7 +105,7 @@ class _Extras:
 
 def _extra_settings(caps) -> _Extras:
     with gr.Accordion("Advanced samplers", open=False, elem_id="advanced-samplers") as advanced_box:
-        advanced = {name: _range_slider(name, logic.ADVANCED_OFF[name], *spec) for name, spec in ADVANCED.items()}
+        advanced = widgets.advanced_sampler_widgets()
     with gr.Accordion("Beam search settings", open=False, elem_id="beam-settings") as beam_box:
         beams = {
             "num_beams": widgets.slider(2, caps.max_beams, value=min(4, caps.max_beams), step=1, label="beams",

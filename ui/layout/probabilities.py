@@ -26,11 +26,6 @@ BRANCH_INTRO = ("### Branch from this step\nPick another candidate for the step 
                 "tab's picker.")
 TEXT_INTRO = ("### Any text\nEach token coloured by the rank the model gave it (GLTR: top-10, top-100, top-1000, "
               "beyond), its surprisal and the entropy it met, and a logit lens.")
-# The stages beyond the four classic ones: (parameter, label, step, what switches it off).
-MORE_SAMPLERS = (("min_p", "min-p", 0.01, "0 = off"), ("typical_p", "typical-p", 0.01, "1 = off"),
-                 ("epsilon_cutoff", "epsilon cutoff", 0.0001, "0 = off"),
-                 ("eta_cutoff", "eta cutoff", 0.0001, "0 = off"),
-                 ("no_repeat_ngram_size", "no-repeat n-gram size", 1, "0 = off"))
 
 
 @dataclass
@@ -67,14 +62,8 @@ def build(page) -> None:
 def _more_samplers() -> dict[str, gr.Slider]:
     """Sliders for the newer samplers, each at its "off" value. The handler checks them (it knows each
     one's own range; the sliders show the useful part of it)."""
-    sliders = {}
     with gr.Accordion("More samplers: min-p, typical, epsilon, eta, no-repeat n-gram", open=False):
-        for name, label, step, off in MORE_SAMPLERS:
-            low, high = logic.SLIDER_RANGES[name]
-            value = inputs.ADVANCED_OFF[name]
-            sliders[name] = widgets.slider(low, high, value=value, step=step, label=label, info=off,
-                                           checked_by_handler=True)
-    return sliders
+        return widgets.advanced_sampler_widgets()
 
 
 def _step_view(page) -> StepView:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
+from .. import inputs
 from ..inputs import shown
 
 C = TypeVar("C", bound=gr.components.Component)
@@ -93,6 +94,24 @@ class SamplerWidgets:
         """The sliders by parameter name (``suffix`` "_b": ``temperature_b``...)."""
         return {f"{name}{suffix}": getattr(self, name) for name in ("temperature", "top_k", "top_p",
                                                                       "repetition_penalty")}
+
+
+# The advanced samplers' sliders: name -> (step, label, info); ranges ``inputs.ADVANCED_RANGES``.
+ADVANCED = {
+    "min_p": (0.01, "min-p", "0 = off; drops tokens below min-p × the top token's probability"),
+    "typical_p": (0.01, "typical-p", "1 = off; keeps the tokens closest to the expected surprisal"),
+    "epsilon_cutoff": (0.0001, "epsilon cutoff", "0 = off; drops tokens below this probability"),
+    "eta_cutoff": (0.0001, "eta cutoff", "0 = off; a cutoff that shrinks as the entropy grows"),
+    "no_repeat_ngram_size": (1, "no-repeat n-gram size", "0 = off; never repeats an n-gram of this size"),
+}
+
+
+def advanced_sampler_widgets() -> dict[str, gr.Slider]:
+    """Sliders for the advanced samplers, by ``SamplingParams`` name, each at its "off" value. The handler
+    checks them (``ui.inputs.advanced_sampling``: its messages name the parameter and the API's range)."""
+    return {name: slider(*inputs.ADVANCED_RANGES[name], value=inputs.ADVANCED_OFF[name], step=step, label=label,
+                         info=info, checked_by_handler=True)
+            for name, (step, label, info) in ADVANCED.items()}
 
 
 def sampler_widgets(temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0, penalty: float = 1.0,

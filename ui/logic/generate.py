@@ -34,8 +34,7 @@ SAMPLING, GREEDY, BEAM = DECODINGS = ("sampling", "greedy", "beam search")
 # the wider ranges of ``ui.inputs`` for the samplers. Defaults of the advanced samplers are "off".
 RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0, 2), "top_k": (0, 200), "top_p": (0, 1), "repetition_penalty": (0.5, 2),
-    "min_p": (0, 1), "typical_p": (0.01, 1), "epsilon_cutoff": (0, 0.01), "eta_cutoff": (0, 0.01),
-    "no_repeat_ngram_size": (0, inputs.MAX_NGRAM), "length_penalty": (-2, 3),
+    **inputs.ADVANCED_RANGES, "length_penalty": (-2, 3),
 }
 EARLY_STOPPING = beam.EARLY_STOPPING  # beam settings are parsed as the Beams tab parses them
 ADVANCED_OFF = inputs.ADVANCED_OFF  # the advanced samplers' values that switch them off

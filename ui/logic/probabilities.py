@@ -28,8 +28,7 @@ RECOMPUTED = ("Only the latest generations keep their logits, so the model was r
               "(probabilities may differ from the generation's in the last digits).")
 # The "what if" sliders, in the order of /step_probabilities' parameters, with their ranges on the page.
 SLIDER_RANGES = {"temperature": (0, 2), "top_k": (0, 200), "top_p": (0, 1), "repetition_penalty": (0.5, 2),
-                 "min_p": (0, 1), "typical_p": (0.01, 1), "epsilon_cutoff": (0, 0.02), "eta_cutoff": (0, 0.02),
-                 "no_repeat_ngram_size": (0, inputs.MAX_NGRAM)}
+                 **inputs.ADVANCED_RANGES}
 SETTINGS = tuple(SLIDER_RANGES)
 # What ``show_record`` returns, in order (the layout wires its outputs in the same order).
 SHOWN = ("step", *SETTINGS, "candidates", "info", "kept", "token", "lineage", "family")
