@@ -1,8 +1,9 @@
-"""GPT-2 Playground: ``python app.py [--model NAME_OR_DIR]`` (also the Hugging Face Space entry point).
+"""GPT-2 Playground: ``python app.py [--model NAME_OR_DIR] [--precision fp32|bf16|int8]``, also a Space's entry point.
 
 The default model is the bundled checkpoint (offline), or the hub's ``gpt2`` on a Space; ``--model`` or
-the ``GPT2_MODEL`` environment variable chooses another. ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT``
-work as usual.
+the ``GPT2_MODEL`` environment variable chooses another. ``--precision`` (or ``GPT2_DEFAULT_PRECISION``)
+sets every model's default precision (otherwise: int8 for hub models on a CPU, fp32 for checkpoints, the
+GPU's dtype on a GPU; see ``ui.models``). ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` work as usual.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ui import memory, workdirs
 from ui.context import AppContext, Caps
 from ui.layout import limits, quotas, sessions
 from ui.layout.page import CSS, HEAD, build_demo
-from ui.models import BUNDLED, ModelStore, catalog, key_for
+from ui.models import BUNDLED, DEFAULT, PRECISIONS, ModelStore, catalog, key_for
 
 
 def default_model() -> str:
@@ -31,14 +32,16 @@ def default_model() -> str:
     return os.environ.get("GPT2_MODEL") or ("gpt2" if os.environ.get("SPACE_ID") else BUNDLED)
 
 
-def make_context(model: str, caps: Caps | None = None) -> AppContext:
+def make_context(model: str, caps: Caps | None = None, precision: str | None = None) -> AppContext:
     """The shared store with ``model`` offered (a hub id, a folder under checkpoints/ or any directory),
-    and the server's caps (by default from the ``GPT2_*`` environment variables). Session folders left by
+    every model's default ``precision`` (None: ``GPT2_DEFAULT_PRECISION``, else by model and device), and
+    the server's caps (by default from the ``GPT2_*`` environment variables). Session folders left by
     stopped servers are removed, and this server's are removed when it exits (``ui.workdirs``)."""
     workdirs.start()
     entries = catalog(extra=model)
     key = key_for(entries, model) or model
-    return AppContext(ModelStore(entries), default_key=key, caps=caps or Caps())
+    store = ModelStore(entries, precision=precision or os.environ.get("GPT2_DEFAULT_PRECISION"))
+    return AppContext(store, default_key=key, caps=caps or Caps())
 
 
 def launch(demo: gr.Blocks, ctx: AppContext, **options) -> None:
@@ -56,11 +59,14 @@ def launch(demo: gr.Blocks, ctx: AppContext, **options) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=default_model(), help="hub id or checkpoint directory")
+    parser.add_argument("--precision", choices=(DEFAULT, *PRECISIONS), default=None,
+                        help="every model's default precision (default: GPT2_DEFAULT_PRECISION, else int8 for hub "
+                             "models on a CPU, fp32 for checkpoints, the GPU's dtype on a GPU)")
     args = parser.parse_args(argv)
     memory.tune_allocator()  # before Gradio's threads: expired sessions' memory goes back to the system
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        ctx = make_context(args.model)
+        ctx = make_context(args.model, precision=args.precision)
         demo = build_demo(ctx)
     except Exception as e:  # noqa: BLE001 - one clear line instead of a traceback at startup
         sys.exit(f"error: cannot start with model {args.model!r}: {e}")

@@ -1,16 +1,19 @@
-"""Batch-1 greedy decode speed: this GPT-2 against ``transformers``' ``generate`` (issue 2).
+"""Batch-1 greedy decode speed in each precision, against ``transformers`` and llama.cpp (issues 2, 13).
 
-Both models get the same random GPT-2 124M weights (built here, seeded, saved to a temp dir in the
-Hugging Face layout and loaded by each library), the same prompt and the same job: greedy decoding
-of ``--new-tokens`` tokens after a 32-token prompt, KV cache on, fp32. The two are timed alternately,
-round after round, and the median of each is reported, so a burst of load from another process on
-the machine hits both sides rather than one. Time to first token (TTFT) is measured the same way for
-a 512-token prompt. On CUDA ours also runs in bf16.
+Every side gets the same random GPT-2 124M weights (built here, seeded, saved to a temp dir in the Hugging
+Face layout and loaded by each library), the same prompt and the same job: greedy decoding of
+``--new-tokens`` tokens after a 32-token prompt, KV cache on. Ours runs in each of ``--precisions`` (fp32,
+bf16, int8: weight-only int8 with bf16 activations in the matrix products); transformers runs fp32, its
+``generate``; llama.cpp (when ``--llama-cpp-src`` is given and built, see ``llama_ref.py``) runs the same
+weights converted to F32, F16 and Q8_0. All sides are timed alternately, round after round (the order
+reversed every other round), and medians are reported, so a burst of load from another process hits every
+side rather than one. Time to first token (TTFT) is measured the same way for a 512-token prompt.
 
-    python benchmarks/decode.py                      # CPU, 2 threads, 5 rounds
-    python benchmarks/decode.py --device cuda --rounds 10
+    python benchmarks/decode.py                                  # CPU, 2 threads, 5 rounds
+    python benchmarks/decode.py --llama-cpp-src /tmp/llama/llama_cpp_python-0.3.36
+    python benchmarks/decode.py --device cuda --rounds 10 --precisions fp32,bf16
 
-No network: the weights are random, and ``transformers`` is only a benchmark/test dependency.
+No network: the weights are random, and ``transformers``/llama.cpp are only benchmark dependencies.
 """
 
 from __future__ import annotations
@@ -22,17 +25,20 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
+import llama_ref  # noqa: E402
 from machine import cpu_model, load_average  # noqa: E402
 
 import gpt2  # noqa: E402
 
 PAD_ID = 50256
+PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None), "int8": (torch.float32, "int8")}
 
 
 def sync(device: torch.device) -> None:
@@ -40,7 +46,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device) -> tuple[float, list[int]]:
+def timed(fn: Callable[[], list[int]], device: torch.device) -> tuple[float, list[int]]:
     """Seconds one call of ``fn`` takes (device work included) and the token ids it returned."""
     sync(device)
     t0 = time.perf_counter()
@@ -54,11 +60,6 @@ def ours_decode(model: gpt2.GPT2, prompt: list[int], new_tokens: int) -> list[in
     return [step.token_id for step in gpt2.generate(model, prompt, params)]
 
 
-def ours_first_token(model: gpt2.GPT2, prompt: list[int]) -> list[int]:
-    params = gpt2.SamplingParams(temperature=0, max_new_tokens=1, stop_at_eos=False)
-    return [next(iter(gpt2.generate(model, prompt, params))).token_id]
-
-
 def hf_decode(hf, prompt: list[int], new_tokens: int, device: torch.device) -> list[int]:
     ids = torch.tensor([prompt], device=device)
     out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
@@ -66,51 +67,71 @@ def hf_decode(hf, prompt: list[int], new_tokens: int, device: torch.device) -> l
     return out[0, len(prompt):].tolist()
 
 
-def load_pair(ckpt: Path, device: torch.device, dtype: torch.dtype):
+def load_hf(ckpt: Path, device: torch.device):
     from transformers import GPT2LMHeadModel
 
-    ours = gpt2.GPT2.from_pretrained(ckpt, device, dtype=dtype)
-    hf = GPT2LMHeadModel.from_pretrained(ckpt, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    hf = GPT2LMHeadModel.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="sdpa").to(device).eval()
     hf.generation_config.pad_token_id = PAD_ID
-    return ours, hf
+    return hf
 
 
-def bench(name: str, ours, hf, args, device: torch.device, prompt: list[int], long_prompt: list[int]) -> dict:
-    """Warm up both, then alternate ours/HF for ``args.rounds`` rounds; medians of each."""
+def sides(args, ckpt: Path, device: torch.device, workdir: Path) -> dict[str, Callable[[list[int], int], list[int]]]:
+    """name -> decode(prompt, new_tokens) for every side of the comparison ("hf fp32" first: the baseline)."""
+    hf = load_hf(ckpt, device)
+    out = {"hf fp32": lambda p, n: hf_decode(hf, p, n, device)}
+    for name in args.precisions.split(","):
+        dtype, quantize = PRECISIONS[name]
+        model = gpt2.GPT2.from_pretrained(ckpt, device, dtype=dtype, quantize=quantize)
+        out[f"ours {name}"] = lambda p, n, m=model: ours_decode(m, p, n)
+    why_not = llama_ref.available(args.llama_cpp_src) if device.type == "cpu" else "CPU only here"
+    if why_not:
+        print(f"llama.cpp: not run ({why_not})")
+        return out
+    for outtype in llama_ref.OUTTYPES:
+        runner = llama_ref.LlamaRunner(llama_ref.convert(ckpt, args.llama_cpp_src, outtype, workdir), args.threads)
+        out[f"llama.cpp {outtype.upper()}"] = runner.decode
+    return out
+
+
+def bench(jobs: dict[str, Callable[[list[int], int], list[int]]], args, device: torch.device, prompt: list[int],
+          long_prompt: list[int]) -> dict[str, dict]:
+    """Warm up every side, then alternate them for ``args.rounds`` rounds; per side: the decode and TTFT times."""
     n = args.new_tokens
-    jobs = {
-        "ours": lambda: ours_decode(ours, prompt, n),
-        "hf": lambda: hf_decode(hf, prompt, n, device),
-        "ours_ttft": lambda: ours_first_token(ours, long_prompt),
-        "hf_ttft": lambda: hf_decode(hf, long_prompt, 1, device),
-    }
-    for fn in jobs.values():  # warm-up: allocator, thread pools, lazy inits, CUDA kernels
+    tasks = {(name, kind): (lambda f=f, kind=kind: f(prompt, n) if kind == "decode" else f(long_prompt, 1))
+             for name, f in jobs.items() for kind in ("decode", "ttft")}
+    for fn in tasks.values():  # warm-up: allocator, thread pools, lazy inits, CUDA kernels
         fn()
-    times: dict[str, list[float]] = {k: [] for k in jobs}
-    tokens: dict[str, list[int]] = {}
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in tasks}
+    tokens: dict[tuple[str, str], list[int]] = {}
     for r in range(args.rounds):
-        order = list(jobs) if r % 2 == 0 else list(jobs)[::-1]  # swap who goes first each round
+        order = list(tasks) if r % 2 == 0 else list(tasks)[::-1]  # swap who goes first each round
         for key in order:
-            t, tokens[key] = timed(jobs[key], device)
+            t, tokens[key] = timed(tasks[key], device)
             times[key].append(t)
-        print(f"  [{name}] round {r + 1}/{args.rounds}: ours {n / times['ours'][-1]:.1f} tok/s, "
-              f"HF {n / times['hf'][-1]:.1f} tok/s ({times['hf'][-1] / times['ours'][-1]:.2f}x), TTFT ours "
-              f"{1000 * times['ours_ttft'][-1]:.0f} ms, HF {1000 * times['hf_ttft'][-1]:.0f} ms", flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "name": name,
-        "ours_tps": n / med["ours"],
-        "hf_tps": n / med["hf"],
-        "ratio": med["hf"] / med["ours"],
-        # Each round's HF time over ours in that same round: load from other processes that comes
-        # and goes between rounds cancels out of this one.
-        "paired_ratio": statistics.median(h / o for h, o in zip(times["hf"], times["ours"], strict=True)),
-        "ours_ttft_ms": 1000 * med["ours_ttft"],
-        "hf_ttft_ms": 1000 * med["hf_ttft"],
-        "same_tokens": tokens["ours"] == tokens["hf"],
-        "same_first_token": tokens["ours_ttft"] == tokens["hf_ttft"],
-        "spread": {k: (n / max(v), n / min(v)) for k, v in times.items() if k in ("ours", "hf")},
-    }
+        line = ", ".join(f"{name} {n / times[(name, 'decode')][-1]:.1f}" for name in jobs)
+        print(f"  round {r + 1}/{args.rounds} tok/s: {line}", flush=True)
+    base = times[("hf fp32", "decode")]
+    return {name: {
+        "tps": n / statistics.median(times[(name, "decode")]),
+        "ttft_ms": 1000 * statistics.median(times[(name, "ttft")]),
+        # each round's HF time over this side's in the same round: load that comes and goes cancels out
+        "vs_hf": statistics.median(h / o for h, o in zip(base, times[(name, "decode")], strict=True)),
+        "range": (n / max(times[(name, "decode")]), n / min(times[(name, "decode")])),
+        "same_as_hf": tokens[(name, "decode")] == tokens[("hf fp32", "decode")],
+    } for name in jobs}
+
+
+def report(results: dict[str, dict]) -> None:
+    print("| side | tok/s (median) | × HF fp32 (paired) | range over rounds | TTFT 512 (ms) | same tokens as HF |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, r in results.items():
+        lo, hi = r["range"]
+        print(f"| {name} | {r['tps']:.1f} | {r['vs_hf']:.2f}x | {lo:.1f}-{hi:.1f} | {r['ttft_ms']:.0f} | "
+              f"{r['same_as_hf']} |")
+    for name, ref in (("ours int8", "llama.cpp Q8_0"), ("ours bf16", "llama.cpp F16"), ("ours fp32", "llama.cpp F32")):
+        if name in results and ref in results:
+            print(f"{name} / {ref}: {results[name]['tps'] / results[ref]['tps']:.2f}x tok/s, TTFT "
+                  f"{results[name]['ttft_ms']:.0f} vs {results[ref]['ttft_ms']:.0f} ms")
 
 
 def main() -> None:
@@ -119,8 +140,10 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--ttft-prompt-tokens", type=int, default=512)
+    ap.add_argument("--precisions", default="fp32,bf16,int8", help="ours: comma-separated fp32, bf16, int8")
+    ap.add_argument("--llama-cpp-src", default=None, help="unpacked llama-cpp-python source (see llama_ref.py)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the reference machine has 2 cores)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (the reference machine has 2 cores)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -142,33 +165,11 @@ def main() -> None:
     config = gpt2.GPTConfig.preset("gpt2")
     prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,), generator=rng).tolist()
     long_prompt = torch.randint(0, config.vocab_size, (args.ttft_prompt_tokens,), generator=rng).tolist()
-
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = gpt2.GPT2(config).save_pretrained(Path(tmp) / "gpt2-random")  # random 124M, seeded
-        dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
-        for dtype in dtypes:
-            ours, hf = load_pair(ckpt, device, dtype)
-            name = str(dtype).removeprefix("torch.")
-            results.append(bench(name, ours, hf, args, device, prompt, long_prompt))
-            del ours, hf
-
+        results = bench(sides(args, ckpt, device, Path(tmp)), args, device, prompt, long_prompt)
     print(f"\nload average after the run: {load_average()}\n")
-    print("| dtype | ours tok/s | HF tok/s | ours / HF | paired | ours TTFT (ms) | HF TTFT (ms) | same tokens |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for r in results:
-        print(f"| {r['name']} | {r['ours_tps']:.1f} | {r['hf_tps']:.1f} | {r['ratio']:.2f}x | "
-              f"{r['paired_ratio']:.2f}x | {r['ours_ttft_ms']:.0f} | {r['hf_ttft_ms']:.0f} | "
-              f"{r['same_tokens'] and r['same_first_token']} |")
-    print("(tok/s and TTFT: medians over rounds; ours / HF: ratio of the median times; paired: median over rounds "
-          "of that round's HF time / ours)")
-    for r in results:
-        lo, hi = r["spread"]["ours"]
-        hlo, hhi = r["spread"]["hf"]
-        print(f"{r['name']}: range over rounds: ours {lo:.1f}-{hi:.1f} tok/s, HF {hlo:.1f}-{hhi:.1f} tok/s")
-        if not (r["same_tokens"] and r["same_first_token"]):
-            level = "note" if r["name"] != "float32" else "WARNING"  # bf16 rounding may legitimately diverge
-            print(f"{level}: {r['name']}: ours and transformers produced different tokens")
+    report(results)
 
 
 if __name__ == "__main__":

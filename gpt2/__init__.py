@@ -8,6 +8,7 @@ from .generation import Step, StepDetails, generate, generate_text
 from .interventions import LogitAttribution, PatchStep, direct_logit_attribution, patch_residual, patch_residual_steps
 from .lora import LoRAAdapter, LoRAConfig, LoRALinear, install_lora, merge_lora, use_adapter, with_adapter
 from .model import GPT2, KVCache, Trace
+from .quant import QUANTIZATIONS, quantize_int8
 from .sampling import (
     SamplingParams,
     apply_epsilon,
@@ -37,4 +38,5 @@ __all__ = [
     "BeamParams", "BeamResult", "BeamStep", "Candidate", "beam_search", "get_tokenizer", "encode", "token_display",
     "EOT_ID", "EOT_TOKEN", "HUB_MODELS", "CheckpointError",
     "LoRAAdapter", "LoRAConfig", "LoRALinear", "install_lora", "merge_lora", "use_adapter", "with_adapter",
+    "QUANTIZATIONS", "quantize_int8",
 ]

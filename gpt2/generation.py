@@ -173,20 +173,28 @@ def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool,
 
 
 @stepwise
-def _details(logits, processed, token, trace, k, keep_logits, window_start) -> StepDetails:
-    raw = logits.softmax(-1)
-    probs = processed.softmax(-1)
-    top = raw.topk(min(k, raw.numel()))
-    entropy = -(raw * raw.clamp_min(1e-30).log()).sum()
+def _details(logits, processed, token, trace, k, keep_logits, window_start, greedy: bool) -> StepDetails:
+    """What the tabs show about one step. Only vocabulary-wide work that is needed: one log-softmax, one top-k;
+    the sampler's probabilities only at the shown ids (greedy: all on the arg-max, as temperature 0 leaves it)."""
+    logp = logits.log_softmax(-1)
+    raw = logp.exp()
+    top = logits.topk(min(k, logits.numel())).indices  # the same order as the probabilities'
+    entropy = -(raw @ logp.nan_to_num(neginf=0.0))  # 0 * -inf terms (probability 0) count 0
+    ids = torch.cat([top, torch.tensor([token], device=top.device)])
+    if greedy:
+        probs = (ids == processed.argmax()).float()
+    else:
+        probs = (processed[ids] - processed.logsumexp(-1)).exp()
     attn = None
     if trace is not None:
         attn = torch.stack([trace.attn[i][0, :, 0] for i in sorted(trace.attn)]).cpu().numpy()  # (L, nh, Tk)
+    probs = probs.cpu().numpy()
     return StepDetails(
-        top_ids=top.indices.cpu().numpy(),
-        raw_probs=top.values.cpu().numpy(),
-        probs=probs[top.indices].cpu().numpy(),
+        top_ids=top.cpu().numpy(),
+        raw_probs=raw[top].cpu().numpy(),
+        probs=probs[:-1],
         chosen_raw_prob=float(raw[token]),
-        chosen_prob=float(probs[token]),
+        chosen_prob=float(probs[-1]),
         entropy=float(entropy),
         window_start=window_start,
         attn=attn,
@@ -198,7 +206,7 @@ def _pick(logits: torch.Tensor, prev_ids: torch.Tensor, params: SamplingParams, 
           fast_greedy: bool) -> tuple[torch.Tensor, int]:
     """The processed logits and the next token (its ``int`` is the step's one device sync).
 
-    ``fast_greedy`` (greedy, no details asked) only needs the arg-max: temperature 0 keeps just the
+    ``fast_greedy`` (greedy) only needs the arg-max: temperature 0 keeps just the
     arg-max token and every later filter keeps the top one, so only the repetition penalty and the n-gram
     ban can change the pick. Skipping the other stages saves masked vocabulary-sized copies per token.
     """
@@ -256,7 +264,7 @@ def generate(
     gen = make_generator(params.seed, model.device)
     stops = _StopFilter(params.stop)
     want_details = top_candidates > 0 or attention or keep_logits
-    fast_greedy = params.greedy and not want_details
+    fast_greedy = params.greedy  # the details know where temperature 0 puts all the probability
     logits, trace = _forward(model, all_ids[:n], cache, attention, edit)  # prefill
     for i in range(params.max_new_tokens):
         processed, token = _pick(logits, all_ids[:n], params, gen, fast_greedy)
@@ -264,7 +272,7 @@ def generate(
         all_ids = _append(all_ids, n, token)
         n += 1
         details = (
-            _details(logits, processed, token, trace, top_candidates or 10, keep_logits, start)
+            _details(logits, processed, token, trace, top_candidates or 10, keep_logits, start, params.greedy)
             if want_details else None
         )
         eos = token == EOT_ID and params.stop_at_eos

@@ -173,8 +173,12 @@ def direct_logit_attribution(model: GPT2, ids: Sequence[int], target_id: int, fo
     _check_token("target_id", target_id, model.config.vocab_size)
     _check_token("foil_id", foil_id, model.config.vocab_size)
     x, trace = _components(model, torch.tensor([ids], device=model.device), edit)
-    ln_f, W_U = model.transformer.ln_f, model.lm_head.weight
-    direction = W_U[target_id].float() - (W_U[foil_id].float() if foil_id is not None else 0.0)  # (C,)
+    ln_f = model.transformer.ln_f
+    # the head is tied to the token embedding: its rows are embedding lookups (on an int8 model only these
+    # two rows are dequantized)
+    rows = model.transformer.wte(torch.tensor([target_id, foil_id if foil_id is not None else target_id],
+                                              device=model.device)).float()  # (2, C)
+    direction = rows[0] - (rows[1] if foil_id is not None else 0.0)  # (C,)
     std = math.sqrt(x.var(unbiased=False).item() + ln_f.eps)
     # ln_f(x) . d = sum over parts c of (c - mean(c)) . (g * d / std) + b . d, and centring moves onto w
     w = ln_f.weight.float() * direction / std

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT2
+from .quant import Int8Linear
 
 T = TypeVar("T")
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every projection in a block
@@ -93,21 +94,41 @@ class LoRALinear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        active = _ACTIVE.get()
-        if active is None or self.lora_key not in active.adapter.lora_A:
-            return y
-        ad = active.adapter
-        a, b = ad.lora_A[self.lora_key], ad.lora_B[self.lora_key]
-        h = F.dropout(x, ad.config.dropout, training=active.train) if ad.config.dropout else x
-        delta = (h.to(a.dtype) @ a.t()) @ b.t()  # (..., in) -> (..., r) -> (..., out)
-        return y + (ad.config.scale * delta).to(y.dtype)
+        return _with_delta(self.lora_key, x, F.linear(x, self.weight, self.bias))
 
 
-def _targets(model: nn.Module, targets: Iterable[str] = TARGETS) -> Iterator[tuple[str, nn.Linear]]:
+class LoRAInt8Linear(Int8Linear):
+    """``LoRALinear`` over an int8 projection (``gpt2.quant``): the same buffers, the adapter in full precision."""
+
+    lora_key: str
+
+    @classmethod
+    def wrap(cls, linear: Int8Linear, name: str) -> LoRAInt8Linear:
+        new = cls.__new__(cls)
+        new.__dict__.update(linear.__dict__)  # the same buffers and bias: no copy
+        new.lora_key = _key(name)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _with_delta(self.lora_key, x, super().forward(x))
+
+
+def _with_delta(key: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` plus the active adapter's low-rank update of the projection ``key`` (if it has one)."""
+    active = _ACTIVE.get()
+    if active is None or key not in active.adapter.lora_A:
+        return y
+    ad = active.adapter
+    a, b = ad.lora_A[key], ad.lora_B[key]
+    h = F.dropout(x, ad.config.dropout, training=active.train) if ad.config.dropout else x
+    delta = (h.to(a.dtype) @ a.t()) @ b.t()  # (..., in) -> (..., r) -> (..., out)
+    return y + (ad.config.scale * delta).to(y.dtype)
+
+
+def _targets(model: nn.Module, targets: Iterable[str] = TARGETS) -> Iterator[tuple[str, nn.Linear | Int8Linear]]:
     targets = tuple(targets)
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.endswith(targets) and ".h." in f".{name}":
+        if isinstance(module, (nn.Linear, Int8Linear)) and name.endswith(targets) and ".h." in f".{name}":
             yield name, module
 
 
@@ -118,10 +139,11 @@ def install_lora(model: GPT2) -> GPT2:
     backward then never writes ``.grad`` into it.
     """
     for name, module in list(_targets(model)):
-        if isinstance(module, LoRALinear):
+        if isinstance(module, (LoRALinear, LoRAInt8Linear)):
             continue
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, LoRALinear.wrap(module, name))
+        wrapper = LoRAInt8Linear if isinstance(module, Int8Linear) else LoRALinear
+        setattr(model.get_submodule(parent_name), attr, wrapper.wrap(module, name))
     model.requires_grad_(False)
     return model
 
@@ -197,6 +219,8 @@ def with_adapter(iterable: Iterable[T], adapter: LoRAAdapter | None) -> Iterator
 @torch.no_grad()
 def merge_lora(base: GPT2, adapter: LoRAAdapter) -> GPT2:
     """A new plain ``GPT2`` whose weights are ``W + scale * B @ A``; ``base`` is left untouched."""
+    if base.quantization is not None:
+        raise ValueError("cannot merge an adapter into an int8 model: load the base in float32 to merge and save")
     if adapter.base_config != base.config:
         raise ValueError("this adapter was made for a different model configuration")
     with torch.device("meta"):

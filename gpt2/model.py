@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .edit import Edit, ablate, patched
+from .quant import QUANTIZATIONS, is_quantized, quantize_int8
 from .weights import load_checkpoint, resolve_device_dtype, save_checkpoint
 
 
@@ -55,7 +56,10 @@ class Trace:
     # keep every layer's per-head outputs (before attn.c_proj, after any Edit) and MLP outputs, for the
     # ``attn_rows`` rows: what direct logit attribution splits a prediction into
     components: bool = False
+    qk: bool = False  # keep every layer's queries and keys (all rows): attention redrawn without the model
     attn: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, nh, rows, T_keys)
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, nh, T, hs)
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, nh, T_keys, hs)
     hidden_states: list[torch.Tensor] = field(default_factory=list)  # n_layer + 1 of (B, T, C)
     head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, nh, rows, hs)
     mlp_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, rows, C)
@@ -89,6 +93,8 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:  # a chunk after a cached prefix: causal with an offset
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(T, pos, q.device), dropout_p=dropout_p)
+        if trace is not None and trace.qk:
+            trace.queries[layer], trace.keys[layer] = q, k
         if trace is not None and layer in trace.attn_layers:
             trace.attn[layer] = _attention_pattern(q, k, pos, trace.attn_rows or slice(None))
         if edit is not None and layer in edit.ablate_heads:
@@ -236,7 +242,7 @@ class GPT2(nn.Module):
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         """An empty KV cache on this model's device and dtype (``max_len`` defaults to the context)."""
-        p = self.lm_head.weight
+        p = self.transformer.wpe.weight  # never quantized: the dtype activations and the cache are in
         return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype)
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -245,15 +251,22 @@ class GPT2(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.transformer.wpe.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        """The dtype of activations and the KV cache (an int8 model's weights are int8, its activations not)."""
+        return self.transformer.wpe.weight.dtype
+
+    @property
+    def quantization(self) -> str | None:
+        """``"int8"`` for a weight-only int8 model, else None."""
+        return "int8" if is_quantized(self) else None
 
     def num_params(self) -> int:
-        """Parameters counted once (the tied head is not counted twice)."""
-        return sum(p.numel() for p in self.parameters())
+        """Parameters counted once (the tied head is not counted twice; an int8 weight counts as the weight)."""
+        int8 = {b.data_ptr(): b.numel() for name, b in self.named_buffers() if name.endswith("qweight")}
+        return sum(p.numel() for p in self.parameters()) + sum(int8.values())
 
     @classmethod
     def state_shapes(cls, config: GPTConfig) -> dict[str, torch.Size]:
@@ -262,27 +275,39 @@ class GPT2(nn.Module):
             return {k: v.shape for k, v in cls(config).state_dict().items()}
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, device=None, dtype=None) -> GPT2:
+    def from_pretrained(cls, name_or_dir: str | Path, device=None, dtype=None, quantize: str | None = None) -> GPT2:
         """Load a hub id (``gpt2``, ``gpt2-medium`` ...) or an HF-layout directory (safetensors only).
 
         ``device`` None picks CUDA when available; ``dtype`` None picks bf16 (or fp16) on CUDA and
-        fp32 on CPU.
+        fp32 on CPU. ``quantize="int8"``: weight-only int8 (``gpt2.quant``); ``dtype`` is then the
+        activations' and the KV cache's.
         """
+        if quantize is not None and quantize not in QUANTIZATIONS:
+            raise ValueError(f"quantize must be None or one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
         device, dtype = resolve_device_dtype(device, dtype)
         config, state = load_checkpoint(name_or_dir, expected=cls.state_shapes)
-        if device.type == "cpu" and dtype == torch.float32:
+        if device.type == "cpu" and dtype == torch.float32 and quantize is None:
             # Keep the tied embedding/head matrix column-major: same (V, C) shape, transposed strides.
             # The head then reads it as a contiguous (C, V) matrix, which MKL's batch-1 GEMV streams
             # ~25% faster than a row-major one, and it is 154 MB of the ~500 MB that GPT-2 124M reads
             # per decoded token. (The blocks' weights already arrive so: HF's Conv1D (in, out) seen
             # through .t().) An embedding lookup then gathers a strided row: negligible.
             state["transformer.wte.weight"] = state["transformer.wte.weight"].t().contiguous().t()
+        elif device.type == "cpu" and dtype != torch.float32:
+            # bf16/fp16 matrix products on a CPU take a slow path for transposed weights (20 ms instead of
+            # 0.3 ms for GPT-2's c_attn, measured): store every matrix row-major
+            state = {k: v.contiguous() for k, v in state.items()}
         with torch.device("meta"):
             model = cls(config)  # no random init: every tensor comes from the checkpoint
         model.load_state_dict(state, assign=True)
+        del state  # the model holds the only references now: quantizing frees each fp weight as it goes
         model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
-        return model.to(device=device, dtype=dtype).eval()
+        model = model.to(device=device, dtype=dtype)
+        return (quantize_int8(model) if quantize == "int8" else model).eval()
 
     def save_pretrained(self, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (HF layout) atomically; returns the path."""
+        if is_quantized(self):
+            raise ValueError("an int8 model cannot be saved (checkpoints hold fp32/fp16/bf16 weights): save the "
+                             "model it was loaded from, or load that in float32 to fine-tune and save")
         return save_checkpoint(self.config, self.state_dict(), out_dir, dtype=dtype)

@@ -758,6 +758,20 @@ API_CASES: list[Case] = [
     Case("/patch target true", "/patch", patch(target=True), ok("logit\\('True'\\)")),
     Case("/patch target equals foil", "/patch", patch(target="#257"),
          refused(named("target"), named("foil"), "different")),
+    # ---- /load_model precision (PRECISION-ROWS)
+    # the optional second input: "default" (the model's own), "fp32", "bf16" or "int8", checked before any load
+    Case("/load_model precision fp16", "/load_model", ("distilgpt2", "fp16"),
+         refused(named("precision"), r"'default', 'fp32', 'bf16', 'int8'")),
+    Case("/load_model precision int4", "/load_model", ("distilgpt2", "int4"),
+         refused(named("precision"), r"'default', 'fp32', 'bf16', 'int8'")),
+    Case("/load_model precision a number", "/load_model", ("distilgpt2", 8),
+         refused(named("precision"), r"'default', 'fp32', 'bf16', 'int8'")),
+    Case("/load_model precision a list", "/load_model", ("distilgpt2", ["int8"]), refused(named("precision"))),
+    Case("/load_model precision NaN", "/load_model", ("distilgpt2", NAN), refused(named("precision")), http=True),
+    # blank means the default: the model itself is then what cannot be had here (offline)
+    Case("/load_model precision blank", "/load_model", ("distilgpt2", None),
+         refused("distilgpt2", r"hf download|connection|offline"), http=True),
+    Case("/load_model a path with a precision", "/load_model", ("/etc/passwd", "int8"), NOT_OFFERED),
 ]
 
 

@@ -13,6 +13,7 @@ from conftest import drain, make_ctx, random_model
 import gpt2
 from gpt2.inspection import attention_maps, head_scores
 from gpt2.lora import LoRAAdapter, LoRAConfig, install_lora, use_adapter
+from ui import redraw
 from ui.inputs import LATEST, UserError
 from ui.logic import attention as logic
 from ui.logic import records
@@ -113,7 +114,7 @@ def test_token_focus_is_one_query_row_of_every_layer(ctx):
     np.testing.assert_allclose(z(fig), full[:, :, q, : q + 1].reshape(-1, q + 1), atol=1e-5)
     assert list(fig.data[0].y) == ["L0 H0", "L0 H1", "L1 H0", "L1 H1"]
     assert fig.layout.title.text.startswith(f"What {q}:")
-    np.testing.assert_allclose(logic.focus_rows(model, ids[: q + 1]), full[:, :, q, : q + 1], atol=1e-5)
+    np.testing.assert_allclose(redraw.focus_rows(model, ids[: q + 1]), full[:, :, q, : q + 1], atol=1e-5)
 
 
 def test_token_focus_rests_the_layer_and_head_sliders(ctx):

@@ -24,6 +24,7 @@ from ui.inputs import UserError
 from ui.logic import finetune as logic
 from ui.logic import finetune_data as files
 from ui.logic import finetune_plan as plan
+from ui.logic import header
 from ui.logic.generate import stream
 from ui.models import Entry
 from ui.session import Session
@@ -106,9 +107,10 @@ def test_lora_run_streams_progress_and_keeps_the_adapter(ctx, lora_run):
     assert any("ETA" in o[1] for o in outs if step_of(o[1]) not in (None, 4))
     train = next(t for t in outs[-1][0].data if t.name == "train")
     assert list(train.x) == [1, 2, 3, 4] and any(t.name == "validation" for t in outs[-1][0].data)
-    assert isinstance(session.adapter, LoRAAdapter) and session.adapter_base == ctx.default_key
+    key = ctx.store.key(ctx.default_key)  # the default model in its default precision: a new session's
+    assert isinstance(session.adapter, LoRAAdapter) and session.adapter_base == key == session.model_key
     assert session.use_finetuned and session.finetuned_model is None
-    assert ctx.ref(session) == ModelRef(ctx.default_key, adapter=session.adapter)
+    assert ctx.ref(session) == ModelRef(key, adapter=session.adapter)
     before, after = outs[-1][2], outs[-1][3]
     assert before and after and before != after  # same seed, different model
 
@@ -155,8 +157,8 @@ def test_full_fine_tuning_trains_a_private_copy(ctx, tmp_path):
     assert copy is not None and copy is not base and session.adapter is None and session.use_finetuned
     assert not same_weights(copy, weights) and same_weights(base, weights)
     assert not any(p.requires_grad for p in copy.parameters())
-    assert ctx.ref(session) == ModelRef(ctx.default_key, model=copy)
-    assert ctx.ref(session, finetuned=False) == ModelRef(ctx.default_key)
+    assert ctx.ref(session) == ModelRef(session.model_key, model=copy)
+    assert ctx.ref(session, finetuned=False) == ModelRef(session.model_key)
     with torch.no_grad():
         assert torch.equal(unzip(files.export(ctx, session)["value"], tmp_path)(IDS), copy(IDS))
 
@@ -261,7 +263,7 @@ def test_refused_data_leaves_the_last_good_run_and_says_which_model_is_used(ctx,
     assert refused(ctx, session, steps=0).endswith("still uses your fine-tuned model from the last run.")
     assert session.adapter is adapter and session.use_finetuned and zip_path.is_file()
     session.use_finetuned = False  # the header's switch turned off: the base is what it uses
-    assert f"still uses the base model ({ctx.default_key})" in refused(ctx, session, text="")
+    assert f"still uses the base model ({session.model_key})" in refused(ctx, session, text="")
 
 
 def test_huge_upload_is_refused_without_reading_it(ctx, tmp_path):
@@ -313,6 +315,61 @@ def test_two_sessions_train_at_once_and_keep_their_own_adapters(ctx):
     assert outs_a[-1][3] != outs_b[-1][3]
 
 
+# ---------------------------------------------------------------- a session on another precision
+
+
+def in_precision(ctx, precision: str) -> Session:
+    """A new session switched (as the header does) to the default model in ``precision``."""
+    session = ctx.new_session()
+    header.load_model(ctx, session, ctx.default_key, precision)
+    return session
+
+
+@pytest.fixture(scope="module")
+def int8_run(ctx):
+    """One LoRA run on the int8 version of the model: an fp32 adapter over the shared int8 base."""
+    session = in_precision(ctx, "int8")
+    base = ctx.store.get(session.model_key)
+    weights, before = snapshot(base), tokens(ctx, session)
+    _, outs = run(ctx, session)
+    return dict(session=session, base=base, weights=weights, before=before, outs=outs)
+
+
+def test_lora_fine_tunes_an_int8_model_and_leaves_its_base_alone(ctx, int8_run):
+    session, base = int8_run["session"], int8_run["base"]
+    assert base.quantization == "int8" and session.model_key == ctx.store.key(ctx.default_key, "int8")
+    assert "Finished all 4 steps" in int8_run["outs"][-1][1]
+    assert session.adapter_base == session.model_key and session.use_finetuned
+    assert ctx.ref(session) == ModelRef(session.model_key, adapter=session.adapter)
+    assert all(p.dtype == torch.float32 for p in session.adapter.parameters())
+    assert same_weights(base, int8_run["weights"]) and not base.training
+    assert tokens(ctx, session) != int8_run["before"]  # the adapter changes what the int8 model says
+    assert ctx.store.get(ctx.default_key) is not base  # the fp32 model is another one, untouched
+
+
+def test_an_adapter_applies_only_to_the_precision_it_was_trained_on(ctx, int8_run):
+    trained = int8_run["session"]
+    session = Session(model_key=trained.model_key, adapter=trained.adapter, adapter_base=trained.adapter_base,
+                      use_finetuned=True)
+    header.load_model(ctx, session, ctx.default_key, "fp32")
+    assert not session.use_finetuned and not session.has_finetuned()
+    value, message = header.use_finetuned(session, True)
+    assert value is False and f"trained on {trained.model_key}" in message and "precision" in message
+    header.load_model(ctx, session, ctx.default_key, "int8")
+    assert header.use_finetuned(session, True) == (True, None) and ctx.ref(session).adapter is trained.adapter
+
+
+def test_full_fine_tuning_needs_fp32_or_bf16_weights(ctx):
+    session = in_precision(ctx, "int8")
+    message = refused(ctx, session, mode="full", learning_rate=1e-3)
+    assert "Full fine-tuning needs fp32 or bf16 weights" in message
+    assert "choose LoRA, or switch the precision to fp32" in message and "Nothing was trained" in message
+    assert session.adapter is None and session.finetuned_model is None
+    bf16 = in_precision(ctx, "bf16")
+    _, outs = run(ctx, bf16, mode="full", learning_rate=1e-3, steps=2)
+    assert "Finished all 2 steps" in outs[-1][1] and bf16.finetuned_model.dtype == torch.bfloat16
+
+
 # ---------------------------------------------------------------- defaults, ETA and the model's context
 
 
@@ -355,8 +412,8 @@ def test_the_controls_follow_the_sessions_model(ctx, tmp_path):
     ctx.store.entries["ctx32"] = Entry("ctx32", "ctx32", str(random_model(gpt2.GPTConfig(
         block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path / "ctx32")))
     session = ctx.new_session()
-    same = logic.refit(ctx, session, fitted=ctx.default_key)
-    assert same == (KEEP, KEEP, KEEP, ctx.default_key, same[4]) and same[4]["visible"] is False
+    same = logic.refit(ctx, session, fitted=session.model_key)
+    assert same == (KEEP, KEEP, KEEP, session.model_key, same[4]) and same[4]["visible"] is False
     session.model_key = "ctx32"
     steps, batch, block, fitted, prepare = logic.refit(ctx, session, fitted=ctx.default_key)
     assert block["maximum"] == 32 and block["value"] <= 32 and "(32 here)" in block["info"] and fitted == "ctx32"

@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+import torch
 from conftest import drain, make_ctx
 
 import gpt2
@@ -99,6 +100,27 @@ def test_stream_keeps_a_record_with_step_details(ctx, tiny_model):
     assert "12 tokens" in last.stats() and "finished: length" in last.stats()
 
 
+def test_kept_logits_are_each_steps_raw_logits_in_half_precision(ctx, tiny_model):
+    """Shared blocks of rows (``LOGITS_BLOCK`` steps each) hold exactly numpy's float16 cast of each step's
+    own logits; a run that ends early leaves the block's unused rows unread."""
+    n = logic.LOGITS_BLOCK + 4  # crosses a block boundary
+    params = gpt2.SamplingParams(temperature=0.9, max_new_tokens=n, seed=5, stop_at_eos=False)
+    steps = list(logic.generate_job(tiny_model, gpt2.encode("Hello"), params))
+    ref = list(gpt2.generate(tiny_model, gpt2.encode("Hello"), params, keep_logits=True))
+    assert [s.token_id for s in steps] == [s.token_id for s in ref] and len(steps) == n
+    for got, want in zip(steps, ref, strict=True):
+        assert got.details.logits.dtype == np.float16 and got.details.logits.shape == want.details.logits.shape
+        assert np.array_equal(got.details.logits, want.details.logits.astype(np.float16))
+    rows = {s.details.logits.__array_interface__["data"][0] for s in steps}
+    assert len(rows) == n  # every step its own row
+    assert [s.details.logits.base.shape[0] for s in steps[:: logic.LOGITS_BLOCK]] == [logic.LOGITS_BLOCK, 4]
+    extremes = np.array([0, 1e-8, -3.14159, 65504, 7e4, -1e9, np.inf, 1234.5678], np.float32)
+    half = np.empty(len(extremes), np.float16)
+    torch.from_numpy(half).copy_(torch.from_numpy(extremes))
+    with np.errstate(over="ignore"):  # beyond float16's range: inf in both
+        assert np.array_equal(half, extremes.astype(np.float16))  # torch's cast rounds as numpy's does
+
+
 def test_only_the_latest_records_keep_logits(ctx):
     session = ctx.new_session()
     for i in range(LOGIT_RECORDS + 2):
@@ -176,6 +198,23 @@ def shown(view: str) -> tuple[str, str]:
     """(prompt, generated text) as the page shows them."""
     parts = parse_view(view).parts
     return parts["prompt"], parts["generated"]
+
+
+def test_throttled_updates_end_with_the_whole_text_and_every_tokens_details(ctx, monkeypatch):
+    """However few updates the throttle lets through, the last one is the whole generation, every token
+    with its tooltip, and the record has every step."""
+    monkeypatch.setattr(logic, "STREAM_INTERVAL_S", 3600)  # only the first token's update, then the end
+    session = ctx.new_session()
+    outputs = list(logic.generate(ctx, session, **(SETTINGS | {"max_new_tokens": 20})))
+    record = session.record(None)
+    assert outputs[0] == ("", "", "") and len(outputs) == 3  # cleared, the first token, the end
+    text, stats, view = outputs[-1]
+    assert text == record.text and "**20 tokens**" in stats and "finished: length" in stats
+    assert len(record.steps) == len(record.token_ids) == 20 and shown(view)[1] == record.text
+    assert sum(1 for _, title, piece in parse_view(view).tokens if title and piece) == sum(
+        1 for t in record.token_ids if gpt2.get_tokenizer().decode([t]))  # each token that shows, its tooltip
+    monkeypatch.setattr(logic, "STREAM_INTERVAL_S", 0)
+    assert len(list(logic.generate(ctx, session, **(SETTINGS | {"max_new_tokens": 20})))) == 21  # every token
 
 
 def test_the_view_colours_each_token_by_its_probability_with_alternatives_on_hover(ctx, monkeypatch):

@@ -296,6 +296,17 @@ def test_text_probabilities(ctx):
     assert list(short[3].data[0].y) == list(short[2].data[0].y)
 
 
+def test_any_text_draws_all_its_views_from_one_model_call(ctx, monkeypatch):
+    """The "Any text" section has no per-view control that reruns the model (issue 13's instant redraws):
+    its one event (Analyse, or the Enter key; /text_probabilities takes only the text) draws the GLTR
+    colours, the surprisal chart and the logit lens from a single job."""
+    session, ran, call = ctx.new_session(), [], ctx.gpu.call
+    monkeypatch.setattr(ctx.gpu, "call", lambda job, *args, **kw: ran.append(job.__name__) or call(job, *args, **kw))
+    highlights, summary, surprisal, lens = logic.text_probabilities(ctx, session, "To be, or not to be.")
+    assert ran == ["analyse_text"] and highlights and "Perplexity" in summary
+    assert surprisal.data and lens.data
+
+
 def test_lora_session_differs_and_leaves_the_base_alone(model_dir):
     ctx = make_ctx(model_dir)  # its own store: installing LoRA changes this model object
     base_session, tuned = ctx.new_session(), ctx.new_session()

@@ -84,7 +84,8 @@ def test_generators_stream(page):
 
 def referenced(fn) -> tuple[set[str], list]:
     """The global and attribute names ``fn``'s code reads (its nested functions' too), and the app's
-    functions those names reach: globals, closure variables, and ``module.function`` of ``ui`` modules."""
+    functions those names reach: globals, closure variables, ``module.function`` of ``ui`` modules and the
+    methods of ``ui`` classes it names."""
     names, codes = set(), [fn.__code__]
     while codes:
         code = codes.pop()
@@ -94,6 +95,8 @@ def referenced(fn) -> tuple[set[str], list]:
     values = [scope[n] for n in names | set(fn.__code__.co_freevars) if n in scope]
     values += [getattr(m, n, None) for m in values if inspect.ismodule(m) and m.__name__.startswith("ui.")
                for n in names]
+    values += [f for c in values if inspect.isclass(c) and c.__module__.startswith("ui.")  # a class's methods
+               for f in vars(c).values()]
     return names, [v for v in values if inspect.isfunction(v) and v.__module__.startswith("ui.")]
 
 

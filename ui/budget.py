@@ -11,6 +11,10 @@ a page) cannot pile them up:
 - **Full fine-tuned copies** (``FULL_COPIES``): at most ``GPT2_MAX_FULL_COPIES`` sessions hold one (about
   0.5 GB each for a 124M model). A new one drops the least recently used session's copy; that session is
   told so the next time it asks for it (``Session.dropped_note``). LoRA adapters are small and stay.
+- **Redraw caches** (``REDRAW``): a session's queries and keys of the text it last drew in the Attention
+  tab (``ui.redraw``: 75 MB for 1,024 tokens of GPT-2 124M) count against ``GPT2_REDRAW_BUDGET_MB`` across
+  all sessions. A new entry drops the least recently used sessions' entries while over it; their next
+  redraw runs the model again (and keeps the result again).
 - **Downloads** (``DOWNLOADS``): a packed .zip is removed ``GPT2_DOWNLOAD_TTL`` seconds after it was last
   asked for (Gradio has served its own copy by then); asking again packs it again.
 
@@ -30,6 +34,7 @@ from typing import Any
 DEFAULT_LOGITS_MB = 200
 DEFAULT_FULL_COPIES = 2
 DEFAULT_DOWNLOAD_TTL_S = 300
+DEFAULT_REDRAW_MB = 400
 
 
 def record_logit_bytes(record: Any) -> int:
@@ -155,6 +160,64 @@ class FullCopies:
             return sum(1 for ref in self._entries.values() if ref() is not None)
 
 
+class RedrawBudget:
+    """Sessions' redraw caches (``ui.redraw.RedrawCache``: one entry each), least recently used first; at
+    most ``limit_bytes`` in all. Each is counted with the token of the entry it holds, so dropping one
+    never frees a newer entry than the one counted."""
+
+    def __init__(self, limit_bytes: int | None = None) -> None:
+        self.limit_bytes = DEFAULT_REDRAW_MB * 1_000_000 if limit_bytes is None else limit_bytes
+        self._lock = threading.RLock()  # re-entrant: a weakref callback may run inside a locked section
+        # id(cache) -> (cache, bytes, token of its entry)
+        self._entries: OrderedDict[int, tuple[weakref.ref, int, object]] = OrderedDict()
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._entries[key]
+
+    def _live(self, cache: Any) -> weakref.ref | None:
+        entry = self._entries.get(id(cache))
+        return entry[0] if entry is not None and entry[0]() is cache else None
+
+    def add(self, cache: Any, size: int, token: object) -> None:
+        """``cache`` now holds ``size`` bytes (its entry ``token``), as the most recently used; the least
+        recently used caches drop theirs while the total is over the limit."""
+        with self._lock:
+            key = id(cache)
+            ref = self._live(cache) or weakref.ref(cache, lambda r, key=key: self._forget(key, r))
+            self._entries[key] = (ref, size, token)
+            self._entries.move_to_end(key)
+            total = sum(size for _, size, _ in self._entries.values())
+            while total > self.limit_bytes and self._entries:
+                _, (old, old_size, old_token) = self._entries.popitem(last=False)
+                total -= old_size
+                if (dropped := old()) is not None:
+                    dropped.drop(old_token)
+
+    def touch(self, cache: Any) -> None:
+        """``cache`` was read: it becomes the most recently used."""
+        with self._lock:
+            if self._live(cache) is not None:
+                self._entries.move_to_end(id(cache))
+
+    def remove(self, cache: Any) -> None:
+        """``cache`` freed its entry (its session closed)."""
+        with self._lock:
+            if self._live(cache) is not None:
+                del self._entries[id(cache)]
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(size for ref, size, _ in self._entries.values() if ref() is not None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for ref, _, _ in self._entries.values() if ref() is not None)
+
+
 class Downloads:
     """Packed downloads, each removed ``ttl_s`` after it was last asked for."""
 
@@ -183,10 +246,13 @@ class Downloads:
 LOGITS = LogitBudget()
 FULL_COPIES = FullCopies()
 DOWNLOADS = Downloads()
+REDRAW = RedrawBudget()
 
 
-def configure(logits_mb: int, full_copies: int, download_ttl_s: float) -> None:
+def configure(logits_mb: int, full_copies: int, download_ttl_s: float,
+              redraw_mb: int = DEFAULT_REDRAW_MB) -> None:
     """Set the server's budgets (``AppContext`` does, from its ``Caps``)."""
     LOGITS.limit_bytes = logits_mb * 1_000_000
     FULL_COPIES.limit = full_copies
     DOWNLOADS.ttl_s = float(download_ttl_s)
+    REDRAW.limit_bytes = redraw_mb * 1_000_000

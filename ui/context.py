@@ -78,6 +78,10 @@ class Caps:
     logits_budget_mb: int = field(default_factory=lambda: _env_int("GPT2_LOGITS_BUDGET_MB", budget.DEFAULT_LOGITS_MB))
     max_full_copies: int = field(default_factory=lambda: _env_int("GPT2_MAX_FULL_COPIES", budget.DEFAULT_FULL_COPIES))
     download_ttl_s: int = field(default_factory=lambda: _env_int("GPT2_DOWNLOAD_TTL", budget.DEFAULT_DOWNLOAD_TTL_S))
+    # The Attention tab's redraws (``ui.redraw``): MB of queries and keys one session keeps of the text it drew
+    # (1,024 tokens of GPT-2 124M: 75 MB; a longer one runs the model per view), and MB all sessions keep.
+    max_redraw_mb: int = field(default_factory=lambda: _env_int("GPT2_MAX_REDRAW_MB", 100))
+    redraw_budget_mb: int = field(default_factory=lambda: _env_int("GPT2_REDRAW_BUDGET_MB", budget.DEFAULT_REDRAW_MB))
 
 
 @dataclass
@@ -89,10 +93,12 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.gpu = Gpu(self.store)
-        budget.configure(self.caps.logits_budget_mb, self.caps.max_full_copies, self.caps.download_ttl_s)
+        budget.configure(self.caps.logits_budget_mb, self.caps.max_full_copies, self.caps.download_ttl_s,
+                         self.caps.redraw_budget_mb)
 
     def new_session(self) -> Session:
-        return Session(model_key=self.default_key)
+        """A session on the default model, in its default precision (its store key, ``ui.models``)."""
+        return Session(model_key=self.store.key(self.default_key))
 
     def session(self, state: Session | None) -> Session:
         """The session held in a ``gr.State`` (created on first use: a State's value must be copyable)."""

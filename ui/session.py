@@ -17,6 +17,7 @@ import numpy as np
 import gpt2
 
 from . import budget, workdirs
+from .redraw import RedrawCache
 
 MAX_RECORDS = 8  # generations a session keeps for the other tabs
 # Of those, how many may keep per-step logits (vocab floats per step: the big part). On top of this rule
@@ -102,6 +103,7 @@ class Session:
     use_finetuned: bool = False
     records: deque[GenerationRecord] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     stop: threading.Event = field(default_factory=threading.Event)  # Generate's Stop
+    redraw: RedrawCache = field(default_factory=RedrawCache, repr=False)  # the Attention tab's last text
     _workdir: tempfile.TemporaryDirectory | None = None
     # Numbered per session (1, 2, 3…): an id tells nothing about other sessions and finds none of theirs.
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
@@ -164,6 +166,7 @@ class Session:
             budget.LOGITS.dropped(old)
         self.records.clear()
         budget.FULL_COPIES.remove(self)
+        self.redraw.close()
         self.adapter = self.finetuned_model = None
         if self._workdir is not None:
             self._workdir.cleanup()

@@ -82,7 +82,7 @@ def build(page) -> None:
     with gr.Row():
         prepare = gr.Button("Download the fine-tuned model (.zip, Hugging Face layout)", visible=False, min_width=240)
         download = gr.DownloadButton("fine-tuned model (.zip)", visible=False, min_width=200)  # labelled when packed
-    fitted = gr.State(page.ctx.default_key)  # the model whose defaults the sliders show
+    fitted = gr.State(page.ctx.store.key(page.ctx.default_key))  # the model whose defaults the sliders show
     inputs = {**controls.inputs, **settings, "sample_prompt": sample_prompt, "seed": seed}
     _wire(page, controls, inputs, [plot, controls.progress, before, after, download], prepare, fitted)
 

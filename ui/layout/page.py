@@ -1,4 +1,4 @@
-"""The page: a header with the model picker, then one tab per entry of ``TABS``.
+"""The page: a header with the model and precision pickers, then one tab per entry of ``TABS``.
 
 Adding a tab: write its logic in ``ui/logic/NAME.py`` (plain functions, tested directly), its layout in
 ``ui/layout/NAME.py`` (a ``build(page)`` that creates widgets and wires them with ``page.wire.on``), and
@@ -15,6 +15,7 @@ import gradio as gr
 from .. import memory
 from ..context import AppContext
 from ..logic import header
+from ..models import DEFAULT
 from ..session import Session
 from . import attention, beam, diversity, finetune, generate, lab, probabilities, widgets
 from .links import MODEL_CHANGED, Links, tab_selected
@@ -137,26 +138,40 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 
 
 def build_header(page: Page) -> None:
-    """The model picker, the base/fine-tuned switch and the model's description."""
+    """The model picker, its precision, the base/fine-tuned switch and the model's description."""
     ctx = page.ctx
+    key = ctx.store.key(ctx.default_key)  # a new session's model
     with gr.Row(equal_height=True):  # columns with a min_width: on a phone they stack
         with gr.Column(scale=2, min_width=260):
             picker = widgets.dropdown([(e.label, e.key) for e in ctx.store.entries.values()],
                                       value=ctx.default_key, label="Model")
+        with gr.Column(scale=1, min_width=180):
+            precision = widgets.dropdown(ctx.store.choices(ctx.default_key), value=ctx.store.parse(key)[1],
+                                         label="Precision", info="weights' memory; on a CPU int8 is the fastest")
         with gr.Column(scale=1, min_width=220):
             use_finetuned = gr.Checkbox(False, label="use my fine-tuned model",
                                         info="after fine-tuning; off = the base model")
         with gr.Column(scale=2, min_width=260):
-            info = gr.Markdown(header.model_info(ctx.default_key, ctx.store.get(ctx.default_key)),
-                               label="model details")
+            info = gr.Markdown(header.model_info(ctx, key), label="model details")
     load_api = gr.Button(visible=False)  # /load_model's trigger: API callers get an error, the page a message
+    # /load_model's precision: "default" is for API callers (the page's picker shows what it resolves to)
+    precision_api = widgets.dropdown([DEFAULT, *ctx.store.precisions()], value=DEFAULT, label="precision",
+                                     visible=False)
 
-    def switch(ctx, session, model):
-        """Load one of the offered models for this session; a failure is a message, never a broken page."""
-        for s in header.switch_model(ctx, session, model):
+    def shown(switches):
+        """The header's outputs for each step of a switch; a failure is a message, never a broken page."""
+        for s in switches:
             if s.error:
                 gr.Warning(s.error)
-            yield s.info, s.picker, s.finetuned
+            yield s.info, s.picker, s.precision, s.finetuned
+
+    def switch(ctx, session, model):
+        """Load one of the offered models for this session, in its default precision."""
+        yield from shown(header.switch_model(ctx, session, model))
+
+    def switch_precision(ctx, session, precision):
+        """Load this session's model in another precision."""
+        yield from shown(header.switch_precision(ctx, session, precision))
 
     def toggle(ctx, session, value):
         value, message = header.use_finetuned(session, value)
@@ -166,16 +181,19 @@ def build_header(page: Page) -> None:
 
     def sync(ctx, session):
         """After a fine-tune or a model switch: the switch and the description follow the session."""
-        return session.use_finetuned, header.model_info(session.model_key, ctx.store.get(session.model_key))
+        return session.use_finetuned, header.model_info(ctx, session.model_key)
 
-    switched = page.wire.on(picker.select, switch, {"model": picker}, [info, picker, use_finetuned],
-                            concurrency_limit=1, concurrency_id="load")
-    page.wire.on(load_api.click, header.load_model, {"model": picker},
+    outputs = [info, picker, precision, use_finetuned]
+    switched = page.wire.on(picker.select, switch, {"model": picker}, outputs, concurrency_limit=1,
+                            concurrency_id="load")
+    recast = page.wire.on(precision.select, switch_precision, {"precision": precision}, outputs, concurrency_limit=1,
+                          concurrency_id="load")
+    page.wire.on(load_api.click, header.load_model, {"model": picker, "precision": precision_api},
                  [info], api_name="load_model", concurrency_limit=1, concurrency_id="load")
     # Queued (not queue=False) so its warning reaches the page; never behind a training run.
     toggled = page.wire.on(use_finetuned.input, toggle, {"value": use_finetuned}, [use_finetuned],
                            concurrency_limit=None)
-    page.links.emit(MODEL_CHANGED, switched.then)
-    page.links.emit(MODEL_CHANGED, toggled.then)
+    for event in (switched, recast, toggled):
+        page.links.emit(MODEL_CHANGED, event.then)
     page.links.follow(MODEL_CHANGED, lambda listener: page.wire.on(listener, sync, {}, [use_finetuned, info],
                                                                    queue=False))

@@ -1,9 +1,11 @@
 """The Attention tab: where each token looks, for a text or a kept generation.
 
 Only what is drawn is computed: one layer's patterns for the heatmap and the grid, one query row of
-every layer for the token focus, the per-head summary on a bounded prefix. Each page event also refits
-the sliders to what it drew: the query slider shows the token outlined, layer and head rest in the
-token focus (it shows them all).
+every layer for the token focus, the per-head summary on a bounded prefix. They are computed from the
+session's kept queries and keys of the text (``ui.redraw``): the first drawing of a text runs the model
+once, and moving a slider or the view after it does not run it again. Each page event also refits the
+sliders to what it drew: the query slider shows the token outlined, layer and head rest in the token
+focus (it shows them all).
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 import gpt2
-from gpt2.inspection import attention_maps, head_scores, repeated_tokens
+from gpt2.inspection import HeadScores, repeated_tokens
 
 from .. import figures, inputs
 from ..context import AppContext
 from ..gpu import ModelRef
 from ..inputs import LATEST, UserError
+from ..redraw import Views, all_head_scores
 from ..session import Session
 from ..updates import KEEP, Update, update
 from . import records
@@ -71,6 +73,9 @@ class Shown:
     ids: list[int]  # the tokens drawn: a text, or a generation up to the replayed step (≤ the context)
     offset: int = 0  # position of ids[0] in the whole sequence (a generation longer than the context)
     table_ids: list[int] = field(default_factory=list)  # tokens the head summary reads
+    # tokens whose queries and keys the session keeps for redraws (empty: ``ids``): a generation's longest
+    # window from its first token, so that replaying any step inside the context reads a prefix of it
+    kept_ids: list[int] = field(default_factory=list)
     step: int | None = None  # the generation step replayed; None for a text
     record_id: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -102,7 +107,7 @@ def generation_source(ctx: AppContext, session: Session, record, step) -> Shown:
         notes.append(f"At this step the text is longer than the model's context: showing its last {block} "
                      f"tokens (positions {offset}–{end - 1}).")
     return Shown(ref, Limits(config.n_layer, config.n_head, len(prompt), n), full[offset:end], offset,
-                 full[: min(TABLE_TOKENS, block)], step, rec.id, notes)
+                 full[: min(TABLE_TOKENS, block)], [] if offset else full[:block], step, rec.id, notes)
 
 
 def resolve(ctx: AppContext, session: Session, source, text: str | None, record, step) -> Shown:
@@ -122,31 +127,24 @@ def limits(ctx: AppContext, session: Session, source, text: str | None, record) 
 
 
 # ---------------------------------------------------------------- computing (only what is drawn)
-# ``ui.gpu`` jobs: they run with the session's adapter active, maybe in a ZeroGPU worker.
 
 
-def layer_patterns(model: gpt2.GPT2, ids: Sequence[int], layer: int) -> np.ndarray:
-    """Every head's (T, T) attention in one layer: (n_head, T, T)."""
-    return attention_maps(model, ids, [layer]).patterns[0]
+def views(ctx: AppContext, session: Session, shown: Shown) -> Views:
+    """What the drawings of ``shown`` read: the session's kept queries and keys (see ``ui.redraw``)."""
+    return Views(ctx, session, shown.ref, shown.kept_ids or shown.ids)
 
 
-@torch.no_grad()
-def focus_rows(model: gpt2.GPT2, ids: Sequence[int]) -> np.ndarray:
-    """What the last token of ``ids`` attends to, in every layer and head: (n_layer, n_head, len(ids)).
-    Attention is causal: the prefix up to the query suffices, and the trace keeps one row per head."""
-    n_layer = model.config.n_layer
-    trace = gpt2.Trace(attn_layers=range(n_layer), attn_rows=slice(-1, None))
-    model(torch.tensor([list(ids)], device=model.device), trace=trace, last_only=True)
-    return torch.stack([trace.attn[i][0, :, 0] for i in range(n_layer)]).float().cpu().numpy()
-
-
-def head_table(model: gpt2.GPT2, ids: Sequence[int]) -> pd.DataFrame:
-    """Entropy, previous-token and induction score of every head on ``ids``, one row per head."""
-    scores = head_scores(attention_maps(model, list(ids)))
+def scores_table(scores: HeadScores) -> pd.DataFrame:
+    """Entropy, previous-token and induction score of every head, one row per head."""
     n_layer, n_head = scores.entropy.shape
     layer, head = np.divmod(np.arange(n_layer * n_head), n_head)
     scored = (scores.entropy, scores.previous_token, scores.induction)  # induction: NaN when no token repeats
     return pd.DataFrame(dict(zip(TABLE_COLUMNS, [layer, head, *(s.ravel().round(3) for s in scored)], strict=True)))
+
+
+def head_table(model: gpt2.GPT2, ids: Sequence[int]) -> pd.DataFrame:
+    """``scores_table`` of every head on ``ids`` (a ``ui.gpu`` job, for the Lab's head presets)."""
+    return scores_table(all_head_scores(model, ids))
 
 
 def window(n: int, focus: int, cap: int) -> tuple[int, int]:
@@ -187,9 +185,9 @@ def focus_index(shown: Shown, query) -> tuple[int, list[str]]:
     return i, []
 
 
-def draw(ctx: AppContext, shown: Shown, layer, head, view, query, scale, width=None) -> tuple[go.Figure, str, int]:
-    """The chosen view of ``shown``, the note under it, and the position of the token outlined (or focused).
-    ``width``: the page's, in pixels (None: any)."""
+def draw(read: Views, shown: Shown, layer, head, view, query, scale, width=None) -> tuple[go.Figure, str, int]:
+    """The chosen view of ``shown`` (its attention from ``read``), the note under it, and the position of
+    the token outlined (or focused). ``width``: the page's, in pixels (None: any)."""
     lim = shown.limits
     view = inputs.choice("view", view, VIEWS)
     zmax = None if inputs.choice("scale", scale, SCALES) == FITTED else 1.0
@@ -198,9 +196,9 @@ def draw(ctx: AppContext, shown: Shown, layer, head, view, query, scale, width=N
     focus, notes = focus_index(shown, query)
     phone = px if (px := _whole(width) or NARROW_PX) < NARROW_PX else None
     if view == FOCUS:
-        fig, more = _focus_figure(ctx, shown, focus, zmax)
+        fig, more = _focus_figure(read, shown, focus, zmax)
     else:
-        fig, more = _layer_figure(ctx, shown, layer, head, focus, zmax, view == VIEWS[1], phone)
+        fig, more = _layer_figure(read, shown, layer, head, focus, zmax, view == VIEWS[1], phone)
     if shown.step is not None:
         fig.update_layout(title_text=f"{fig.layout.title.text} · step {shown.step}")
     if phone and view != VIEWS[1]:  # a square-ish plot (plotly thins the labels), not a tall strip
@@ -208,12 +206,12 @@ def draw(ctx: AppContext, shown: Shown, layer, head, view, query, scale, width=N
     return fig, describe(shown, [*notes, *more]), shown.offset + focus
 
 
-def _focus_figure(ctx: AppContext, shown: Shown, focus: int, zmax: float | None) -> tuple[go.Figure, list[str]]:
+def _focus_figure(read: Views, shown: Shown, focus: int, zmax: float | None) -> tuple[go.Figure, list[str]]:
     """What token ``focus`` attends to in every layer and head (the oldest keys dropped past a budget)."""
     ids = shown.ids[: focus + 1]
     keys = max(16, FOCUS_CELLS // (shown.limits.n_layer * shown.limits.n_head))
     first = max(0, len(ids) - keys)
-    rows = ctx.gpu.call(focus_rows, shown.ref, ids)[:, :, first:]  # (L, nh, n)
+    rows = read.focus(ids)[:, :, first:]  # (L, nh, n)
     labels, n = gpt2.token_display(ids[first:]), len(ids) - first
     # token_focus reads only row `query` of (L, nh, T, T) patterns: a zero-copy broadcast of the one
     # row computed stands in for the squares, which would be L × nh × T² floats.
@@ -224,13 +222,13 @@ def _focus_figure(ctx: AppContext, shown: Shown, focus: int, zmax: float | None)
     return fig, notes
 
 
-def _layer_figure(ctx: AppContext, shown: Shown, layer: int, head: int, focus: int, zmax: float | None,
+def _layer_figure(read: Views, shown: Shown, layer: int, head: int, focus: int, zmax: float | None,
                   grid: bool, phone: int | None) -> tuple[go.Figure, list[str]]:
     """One head's heatmap, or every head of the layer (on a ``phone`` of that width: 2 square panels a
     row), over a window of tokens around ``focus``."""
     cap = GRID_TOKENS if grid else HEATMAP_TOKENS
     start, end = window(len(shown.ids), focus, cap)
-    patterns = ctx.gpu.call(layer_patterns, shown.ref, shown.ids[:end], layer)[:, start:end, start:end]
+    patterns = read.layer(shown.ids[:end], layer, start)  # (nh, end - start, end - start)
     labels = gpt2.token_display(shown.ids[start:end])
     if grid:
         shape = dict(cols=2, panel_px=(phone - 60) // 2) if phone else {}
@@ -321,8 +319,9 @@ def attention(ctx: AppContext, session: Session, text: str | None, source, recor
     the last); ``scale`` is "fitted to the data" (the default) or "0 to 1". Returns the figure, the table
     and a note."""
     shown = resolve(ctx, session, source, text, record, step)
-    fig, note, _ = draw(ctx, shown, layer, head, view, query, scale)
-    return fig, ctx.gpu.call(head_table, shown.ref, shown.table_ids), note
+    read = views(ctx, session, shown)
+    fig, note, _ = draw(read, shown, layer, head, view, query, scale)
+    return fig, scores_table(read.scores(shown.table_ids)), note
 
 
 def _page(ctx: AppContext, session: Session, text, source, record, layer, head, view, query, step, scale, width,
@@ -335,9 +334,10 @@ def _page(ctx: AppContext, session: Session, text, source, record, layer, head, 
         empty = figures.attention_heatmap(np.zeros((0, 0)), [], "Attention")
         out = (empty, pd.DataFrame(columns=TABLE_COLUMNS), str(e)) if table else (empty, str(e))
         return *out, *_fitted(ctx, session, text, source, record, view, layer, head, query, step)
-    fig, note, drawn = draw(ctx, shown, layer, head, view, query, scale, width)
+    read = views(ctx, session, shown)
+    fig, note, drawn = draw(read, shown, layer, head, view, query, scale, width)
     controls = sliders(shown.limits, view, layer, head, query, step, shown.step, drawn)
-    return *((fig, ctx.gpu.call(head_table, shown.ref, shown.table_ids), note) if table else (fig, note)), *controls
+    return *((fig, scores_table(read.scores(shown.table_ids)), note) if table else (fig, note)), *controls
 
 
 def show(ctx: AppContext, session: Session, text, source, record, layer, head, view, query, step, scale,

@@ -279,6 +279,9 @@ def _prepare(ctx: AppContext, session: Session, started: float, text, file, colu
     caps, base = ctx.caps, ctx.base(session.model_key)
     settings = parse_settings(caps.max_train_steps, base.config.block_size, mode, steps, learning_rate, batch_size,
                               block_size, lora_rank, seed)
+    if settings.mode == "full" and base.quantization is not None:  # int8 weights cannot be trained
+        raise UserError(f"Full fine-tuning needs fp32 or bf16 weights, and {session.model_key} has "
+                        f"{base.quantization} weights: choose LoRA, or switch the precision to fp32.")
     if settings.mode == "full" and base.num_params() > FULL_MAX_PARAMS:
         raise UserError(f"Full fine-tuning is limited to models of up to {FULL_MAX_PARAMS / 1e6:.0f}M parameters here "
                         f"({session.model_key} has {base.num_params() / 1e6:.0f}M); choose LoRA.")

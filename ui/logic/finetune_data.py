@@ -154,6 +154,9 @@ def export(ctx: AppContext, session: Session) -> Update:
     target = session.workdir / ZIP_NAME
     budget.DOWNLOADS.keep(target)  # removed GPT2_DOWNLOAD_TTL s from now (Gradio serves its own copy)
     if not target.is_file():  # packed once per result (``keep_result`` removes the old one), again once removed
-        ref = ModelRef(session.adapter_base, model=session.finetuned_model)
+        name, precision = ctx.store.parse(session.adapter_base)
+        # an int8 model cannot be saved: the adapter is merged into the same model's fp32 weights instead
+        key = ctx.store.key(name, "fp32") if precision == "int8" else session.adapter_base
+        ref = ModelRef(key, model=session.finetuned_model)
         ctx.gpu.call(export_job, ref, session.adapter, session.workdir, seconds=EXPORT_SECONDS)
     return update(value=str(target), visible=True, label=f"Save {ZIP_NAME} ({size_text(target.stat().st_size)})")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 import gpt2
 
@@ -21,7 +23,11 @@ from . import beam
 from .beam import search_prompt
 
 TOP_CANDIDATES = 20  # candidates kept per step for the probability tab
-STREAM_INTERVAL_S = 0.05  # throttle page updates: a small model outruns the browser
+LOGITS_BLOCK = 16  # steps whose kept logits share one allocation (see ``generate_job``)
+# Page updates at most every 0.1 s (and always the last): each costs the server ~1-2 ms of Python under the
+# GIL (Gradio's postprocessing, thread hops, the session state's config), taken from the model's steps;
+# 10 a second still reads as a live stream (benchmarks/stream.py).
+STREAM_INTERVAL_S = 0.1
 EXAMPLES = [
     "ROMEO:\nBut soft, what light",
     "First Citizen:\nBefore we proceed any further, hear me speak.",
@@ -122,10 +128,20 @@ def view_html(prompt: str, generated: str | Sequence[str]) -> str:
 def generate_job(model: gpt2.GPT2, ids: list[int], params: gpt2.SamplingParams,
                  forced_ids: Sequence[int] = ()) -> Iterator[gpt2.Step]:
     """The model work of a generation (a ``ui.gpu`` job): steps with the details the other tabs show,
-    their logits in half precision (half the memory, plenty for plots)."""
-    for step in gpt2.generate(model, ids, params, top_candidates=TOP_CANDIDATES, keep_logits=True,
-                              forced_ids=forced_ids):
-        step.details.logits = step.details.logits.astype(np.float16)
+    their logits in half precision (half the memory, plenty for plots).
+
+    The half-precision logits of up to ``LOGITS_BLOCK`` steps share one array (each step holds its row):
+    a vocabulary-sized array is one mmap and its page faults under the server's allocator settings
+    (``ui.memory``), ~0.25 ms, so one per block instead of one per token. torch converts: numpy's float16
+    cast is ~20x slower (~0.3 ms a step for GPT-2's vocabulary), with the same rounding."""
+    block, row = np.empty((0, 0), np.float16), 0
+    for i, step in enumerate(gpt2.generate(model, ids, params, top_candidates=TOP_CANDIDATES, keep_logits=True,
+                                           forced_ids=forced_ids)):
+        if row == len(block):  # sized to the steps still possible: no unused rows unless the run ends early
+            rows = min(LOGITS_BLOCK, params.max_new_tokens - i)
+            block, row = np.empty((rows, step.details.logits.size), np.float16), 0
+        torch.from_numpy(block[row]).copy_(torch.from_numpy(step.details.logits))
+        step.details.logits, row = block[row], row + 1
         yield step
 
 
@@ -207,8 +223,8 @@ parse_early_stopping = beam.early_stopping
 
 
 def throttled(progress: Iterator[Progress]) -> Iterator[Progress]:
-    """Pass on at most one update per ``STREAM_INTERVAL_S``, and always the last one."""
-    last, pending = 0.0, None
+    """Pass on the first update at once, then at most one per ``STREAM_INTERVAL_S``, and always the last."""
+    last, pending = -math.inf, None
     for p in progress:
         pending = p
         if time.perf_counter() - last >= STREAM_INTERVAL_S:

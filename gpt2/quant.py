@@ -1,0 +1,193 @@
+"""Weight-only int8: a quarter of fp32's bytes per decoded token, read by torch's own int8 kernel.
+
+Batch-1 decoding reads every weight once per token, so on a CPU its speed is set by bytes read, not by
+arithmetic. ``quantize_int8(model)`` swaps every block projection and the tied embedding/output head for
+int8 weights with one scale per output channel (symmetric: ``w ≈ q * s``, ``q`` in [-127, 127], ``s =
+max|w_row| / 127``). The matrix products run in ``torch.ops.aten._weight_int8pack_mm``, which reads the
+int8 weights and multiplies bf16 activations (measured on AVX2 and AVX-512 CPUs: its fp32-activation path
+is several times slower, so inputs are rounded to bf16 there and outputs come back in the model's dtype).
+Everything else (LayerNorms, attention, the residual stream, the KV cache) keeps the model's dtype.
+
+What works on a quantized model: plain, traced, cached and edited passes (``Trace``, ``Edit``), generation,
+beam search, attribution (gradients flow to the inputs through the dequantized weights; nothing trains
+the int8 weights) and LoRA adapters over the frozen int8 base. What does not: saving it
+(``save_pretrained`` refuses; the checkpoint format is HF's fp32/fp16 layout) and full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["QUANTIZATIONS", "Int8Linear", "Int8Embedding", "check_supported", "quantize_int8", "is_quantized",
+           "Fidelity", "fidelity"]
+
+QUANTIZATIONS = ("int8",)
+_ACT = torch.bfloat16  # the kernel's fast activation dtype
+# Above this many rows (a prompt, a batch of beams) the int8 kernel, a matrix-vector product at heart, loses
+# to dequantizing the weight and one fp32 GEMM (measured: benchmarks/RESULTS.md, issue 13)
+GEMV_ROWS = 16
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: ``(q (out, in) int8, scales (out,) fp32)`` with ``w ≈ q * scales[:, None]``."""
+    w = w.detach().float()
+    scales = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (out,): an all-zero row gets a harmless scale
+    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()  # the kernel wants rows
+    return q, scales
+
+
+def _int8_mm(x: torch.Tensor, q: torch.Tensor, kernel_scales: torch.Tensor) -> torch.Tensor:
+    """``x @ (q * s)^T`` in the kernel, back in ``x``'s dtype."""
+    flat = x.reshape(-1, x.shape[-1]).to(_ACT)  # (N, in): the kernel takes 2-D inputs
+    y = torch.ops.aten._weight_int8pack_mm(flat, q, kernel_scales.to(_ACT))  # (N, out); .to: a no-op unless
+    # a later ``model.to(dtype)`` converted the buffer
+    return y.to(x.dtype).view(*x.shape[:-1], q.shape[0])
+
+
+class _Int8MatMul(torch.autograd.Function):
+    """``x @ (q * s)^T`` by the int8 kernel; the backward pass (attribution's gradients) dequantizes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, q: torch.Tensor, kernel_scales: torch.Tensor,
+                scales: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, scales)
+        return _int8_mm(x, q, kernel_scales)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, scales = ctx.saved_tensors
+        w = q.to(grad.dtype) * scales.to(grad.dtype)[:, None]  # (out, in)
+        return grad @ w, None, None, None
+
+
+class Int8Linear(nn.Module):
+    """An ``nn.Linear`` whose weight is int8 with one scale per output channel (buffers, not trained)."""
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", scales)  # the model's dtype: dequantizing
+        self.register_buffer("kernel_scales", scales.to(_ACT), persistent=False)  # what the kernel takes
+        self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        q, scales = quantize_rows(linear.weight)
+        return cls(q, scales.to(linear.weight.dtype), linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > GEMV_ROWS * self.in_features:  # a prompt: one dequantized GEMM beats row-by-row int8
+            return F.linear(x, self.weight.to(x.dtype), self.bias)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = _Int8MatMul.apply(x, self.qweight, self.kernel_scales, self.scales)
+        else:  # decoding: skip autograd.Function's overhead (~10 us, 49 times a token for GPT-2 124M)
+            y = _int8_mm(x, self.qweight, self.kernel_scales)
+        return y + self.bias if self.bias is not None else y
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized ``(out, in)`` weight, built on each access (for analyses, not for passes)."""
+        return self.qweight.to(self.scales.dtype) * self.scales[:, None]
+
+
+class Int8Embedding(nn.Module):
+    """A token embedding stored as int8 rows with a scale each: lookups dequantize only the rows read."""
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = q.shape
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", scales)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.qweight[idx].to(self.scales.dtype) * self.scales[idx][..., None]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized ``(vocab, C)`` table, built on each access."""
+        return self.qweight.to(self.scales.dtype) * self.scales[:, None]
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` holds int8 weights (``quantize_int8``)."""
+    return any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules())
+
+
+def check_supported(device: torch.device) -> None:
+    """Refuse, with what to do, a device where this torch build has no int8 weight-only kernel."""
+    try:
+        x = torch.zeros(1, 64, device=device, dtype=_ACT)
+        torch.ops.aten._weight_int8pack_mm(x, torch.zeros(8, 64, device=device, dtype=torch.int8),
+                                           torch.ones(8, device=device, dtype=_ACT))
+    except (RuntimeError, NotImplementedError) as e:
+        raise ValueError(f"int8 weights are not supported on {device} by this torch build ({e}); "
+                         "load the model with dtype='bfloat16' (or float32) instead") from None
+
+
+@torch.no_grad()
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Swap ``model``'s linear layers and its tied token embedding / output head for int8 ones, in place
+    (each fp weight is freed as soon as its int8 copy exists); returns ``model``, frozen, in eval mode."""
+    check_supported(model.transformer.wpe.weight.device)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and name != "lm_head":
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, Int8Linear.from_linear(module))
+    wte = model.transformer.wte
+    q, scales = quantize_rows(wte.weight)
+    scales = scales.to(wte.weight.dtype)
+    model.transformer.wte = Int8Embedding(q, scales)
+    model.lm_head = Int8Linear(q, scales, None)  # the same int8 table: still tied, stored once
+    for t in [*model.parameters(), *model.buffers()]:
+        # own copies of the small tensors left (biases, LayerNorms, positions): a view into a loaded
+        # checkpoint's storage would keep all of it, fp32 matrices included, resident (6 GB for gpt2-xl)
+        t.data = t.data.clone()
+    return model.requires_grad_(False).eval()
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How closely ``model`` follows ``reference``, teacher-forced over the same tokens."""
+
+    tokens: int  # predictions compared
+    top1_agreement: float  # share of positions where both models' most likely next token is the same
+    mean_kl: float  # mean KL(reference || model) in nats
+    reference_ppl: float  # perplexity of each model on the tokens
+    model_ppl: float
+
+    @property
+    def ppl_change(self) -> float:
+        """Relative perplexity change, ``model_ppl / reference_ppl - 1``."""
+        return self.model_ppl / self.reference_ppl - 1
+
+
+@torch.no_grad()
+def fidelity(reference: nn.Module, model: nn.Module, ids: Sequence[int], window: int | None = None) -> Fidelity:
+    """Compare next-token distributions over ``ids`` in non-overlapping windows of ``window`` tokens
+    (default: the reference's context), e.g. an int8 or bf16 model against its fp32 original."""
+    window = window or reference.config.block_size
+    ids_t = torch.as_tensor(list(ids), dtype=torch.long)
+    agree = kl = nll_ref = nll_model = 0.0
+    n = 0
+    for start in range(0, len(ids_t) - 1, window):
+        chunk = ids_t[start : start + window + 1]
+        if len(chunk) < 2:
+            break
+        x, y = chunk[:-1][None], chunk[1:]
+        ref = reference(x.to(reference.device))[0].float().log_softmax(-1).cpu()  # (T, V)
+        got = model(x.to(model.device))[0].float().log_softmax(-1).cpu()  # (T, V)
+        agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
+        kl += (ref.exp() * (ref - got)).sum(-1).sum().item()
+        nll_ref -= ref.gather(1, y[:, None]).sum().item()
+        nll_model -= got.gather(1, y[:, None]).sum().item()
+        n += len(y)
+    if n == 0:
+        raise ValueError("ids must hold at least 2 tokens")
+    return Fidelity(n, agree / n, kl / n, math.exp(nll_ref / n), math.exp(nll_model / n))
