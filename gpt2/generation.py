@@ -202,15 +202,15 @@ def _details(logits, processed, token, trace, k, keep_logits, window_start, gree
     )
 
 
-def _pick(logits: torch.Tensor, prev_ids: torch.Tensor, params: SamplingParams, gen: torch.Generator,
-          fast_greedy: bool) -> tuple[torch.Tensor, int]:
+def _pick(logits: torch.Tensor, prev_ids: torch.Tensor, params: SamplingParams,
+          gen: torch.Generator) -> tuple[torch.Tensor, int]:
     """The processed logits and the next token (its ``int`` is the step's one device sync).
 
-    ``fast_greedy`` (greedy) only needs the arg-max: temperature 0 keeps just the
+    Greedy only needs the arg-max: temperature 0 keeps just the
     arg-max token and every later filter keeps the top one, so only the repetition penalty and the n-gram
     ban can change the pick. Skipping the other stages saves masked vocabulary-sized copies per token.
     """
-    if fast_greedy:
+    if params.greedy:  # the details know temperature 0 puts all probability on the arg-max
         processed = apply_repetition_penalty(logits, prev_ids, params.repetition_penalty)
         processed = apply_no_repeat_ngram(processed, prev_ids, params.no_repeat_ngram_size)
     else:
@@ -264,10 +264,9 @@ def generate(
     gen = make_generator(params.seed, model.device)
     stops = _StopFilter(params.stop)
     want_details = top_candidates > 0 or attention or keep_logits
-    fast_greedy = params.greedy  # the details know where temperature 0 puts all the probability
     logits, trace = _forward(model, all_ids[:n], cache, attention, edit)  # prefill
     for i in range(params.max_new_tokens):
-        processed, token = _pick(logits, all_ids[:n], params, gen, fast_greedy)
+        processed, token = _pick(logits, all_ids[:n], params, gen)
         token = forced_ids[i] if i < len(forced_ids) else token
         all_ids = _append(all_ids, n, token)
         n += 1

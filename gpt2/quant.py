@@ -29,8 +29,8 @@ __all__ = ["QUANTIZATIONS", "Int8Linear", "Int8Embedding", "check_supported", "q
 
 QUANTIZATIONS = ("int8",)
 _ACT = torch.bfloat16  # the kernel's fast activation dtype
-# Above this many rows (a prompt, a batch of beams) the int8 kernel, a matrix-vector product at heart, loses
-# to dequantizing the weight and one fp32 GEMM (measured: benchmarks/RESULTS.md, issue 13)
+# Above this many rows (a prompt, a batch of beams) one dequantized fp32 GEMM is used instead of the int8
+# kernel, a matrix-vector product at heart whose time grows with the rows (a chosen bound, not a tuned one)
 GEMV_ROWS = 16
 
 
@@ -40,6 +40,12 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scales = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (out,): an all-zero row gets a harmless scale
     q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()  # the kernel wants rows
     return q, scales
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``q * scales[:, None]`` in ``dtype`` (default: the scales')."""
+    dtype = dtype or scales.dtype
+    return q.to(dtype) * scales.to(dtype)[:, None]
 
 
 def _int8_mm(x: torch.Tensor, q: torch.Tensor, kernel_scales: torch.Tensor) -> torch.Tensor:
@@ -62,8 +68,7 @@ class _Int8MatMul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         q, scales = ctx.saved_tensors
-        w = q.to(grad.dtype) * scales.to(grad.dtype)[:, None]  # (out, in)
-        return grad @ w, None, None, None
+        return grad @ dequantize(q, scales, grad.dtype), None, None, None
 
 
 class Int8Linear(nn.Module):
@@ -83,7 +88,7 @@ class Int8Linear(nn.Module):
         return cls(q, scales.to(linear.weight.dtype), linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > GEMV_ROWS * self.in_features:  # a prompt: one dequantized GEMM beats row-by-row int8
+        if x.numel() > GEMV_ROWS * self.in_features:  # a prompt: one dequantized GEMM (``GEMV_ROWS``)
             return F.linear(x, self.weight.to(x.dtype), self.bias)
         if torch.is_grad_enabled() and x.requires_grad:
             y = _Int8MatMul.apply(x, self.qweight, self.kernel_scales, self.scales)
@@ -93,8 +98,8 @@ class Int8Linear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dequantized ``(out, in)`` weight, built on each access (for analyses, not for passes)."""
-        return self.qweight.to(self.scales.dtype) * self.scales[:, None]
+        """The dequantized ``(out, in)`` weight, built on each access (for analyses and prompts)."""
+        return dequantize(self.qweight, self.scales)
 
 
 class Int8Embedding(nn.Module):
@@ -107,12 +112,12 @@ class Int8Embedding(nn.Module):
         self.register_buffer("scales", scales)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.qweight[idx].to(self.scales.dtype) * self.scales[idx][..., None]
+        return dequantize(self.qweight[idx.flatten()], self.scales[idx.flatten()]).view(*idx.shape, -1)
 
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized ``(vocab, C)`` table, built on each access."""
-        return self.qweight.to(self.scales.dtype) * self.scales[:, None]
+        return dequantize(self.qweight, self.scales)
 
 
 def is_quantized(model: nn.Module) -> bool:
