@@ -8,7 +8,6 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -283,16 +282,6 @@ def chat_banner(model_name: str) -> str:
     )
 
 
-def fit_history(history: list[tuple[str, str]], message: str, block_size: int, reserve: int) -> list[int]:
-    """Token ids of the chat prompt, dropping the oldest turns of ``history`` (in place) until the
-    prompt leaves ``reserve`` tokens of the context for the reply."""
-    while True:
-        ids = prompts.chat_prompt_ids(history, message)
-        if len(ids) + reserve <= block_size or not history:
-            return ids  # a lone message that is still too long is cropped by generate(), with a notice
-        del history[0]
-
-
 def _stream_reply(steps: Iterable[Step], write: Write, warn: Write) -> str:
     """Write a reply as it is generated; returns it. A KeyboardInterrupt ends it early, keeping the part
     written so far (the generator is closed so its KV cache is freed right away)."""
@@ -328,8 +317,8 @@ def chat_loop(
 ) -> list[tuple[str, str]]:
     """Read messages until EOF, Ctrl-C at the prompt, ``exit`` or ``quit``; answer each one in the
     instruction format of ``gpt2.prompts``. Returns the (possibly cropped) history of (user, reply)."""
-    params = dataclasses.replace(params, stop=(*params.stop, *prompts.STOP_STRINGS), stop_at_eos=True)
-    reserve = min(params.max_new_tokens, model.config.block_size // 2)
+    params = prompts.chat_params(params)
+    reserve = prompts.reply_room(params.max_new_tokens, model.config.block_size)
     history: list[tuple[str, str]] = []
     write(chat_banner(model_name))
     while True:
@@ -342,13 +331,14 @@ def chat_loop(
             return history
         if not message:
             continue
-        before = len(history)
-        ids = fit_history(history, message, model.config.block_size, reserve)
-        if len(history) < before:
-            warn(f"[dropped the {before - len(history)} oldest turn(s) to fit the context]\n")
+        # a lone message still too long for the context is cropped by generate(), with a notice
+        ids, dropped = prompts.fit_history(history, message, model.config.block_size, reserve)
+        if dropped:
+            del history[:dropped]
+            warn(f"[dropped the {dropped} oldest turn(s) to fit the context]\n")
         write("gpt2> ")
         reply = _stream_reply(generate_fn(model, ids, params), write, warn)
-        history.append((message, reply))
+        history.append((message, prompts.clean_reply(reply)))
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

@@ -152,8 +152,40 @@ def head_scores(maps: AttentionMaps) -> HeadScores:
     return HeadScores(list(maps.layers), entropy, prev, induction)
 
 
-def repeated_tokens(length: int = 50, seed: int = 0, vocab_size: int = 50257) -> list[int]:
-    """Random tokens repeated twice: the classic probe that makes induction heads light up."""
+def repeated_tokens(length: int = 50, seed: int = 0, vocab_size: int = 50257,
+                    pool: Sequence[int] | np.ndarray | None = None) -> list[int]:
+    """Random tokens repeated twice: the classic probe that makes induction heads light up. They are drawn
+    from ``pool`` when given (see ``probe_pool``), else from the common-ish ids 1,000 to 20,000."""
     rng = np.random.default_rng(seed)
-    first = rng.integers(1000, min(vocab_size, 20000), size=length).tolist()  # common-ish tokens
+    if pool is None:
+        first = rng.integers(PROBE_RANGE[0], min(vocab_size, PROBE_RANGE[1]), size=length).tolist()
+    else:
+        first = rng.choice(np.asarray(pool, dtype=np.int64), size=length).tolist()
     return first + first
+
+
+PROBE_RANGE = (1000, 20000)  # common-ish tokens: most models have seen them
+_ROWS = 8192  # embedding rows read at a time by ``probe_pool`` (an int8 table dequantizes only these)
+
+
+@torch.no_grad()
+def probe_pool(model: GPT2) -> np.ndarray:
+    """The ids in ``PROBE_RANGE`` whose embedding row no other token shares. A compact-vocabulary model
+    (``training.vocab``) gives every token it never saw one shared row: such tokens look alike to it, so it
+    cannot copy them and a probe made of them shows no induction. Falls back to the whole range when fewer
+    than 100 tokens are distinct (a model that saw almost nothing)."""
+    wte = model.transformer.wte
+    gen = torch.Generator(device=model.device).manual_seed(0)
+    r = torch.randn(wte.embedding_dim, 1, generator=gen, device=model.device, dtype=torch.float64)
+    proj = torch.cat([wte(torch.arange(i, min(i + _ROWS, wte.num_embeddings), device=model.device)).double() @ r
+                      for i in range(0, wte.num_embeddings, _ROWS)])[:, 0].cpu().numpy()  # (V,) a row's fingerprint
+    _, inverse, counts = np.unique(proj, return_inverse=True, return_counts=True)
+    low, high = PROBE_RANGE[0], min(wte.num_embeddings, PROBE_RANGE[1])
+    ids = np.arange(low, high)
+    distinct = ids[counts[inverse[low:high]] == 1]
+    return distinct if len(distinct) >= 100 else ids
+
+
+def repeated_probe(model: GPT2, length: int, seed: int) -> list[int]:
+    """``repeated_tokens`` drawn from the tokens ``model`` can tell apart (``probe_pool``)."""
+    return repeated_tokens(length, seed, model.config.vocab_size, pool=probe_pool(model))

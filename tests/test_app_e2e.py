@@ -28,7 +28,7 @@ RAW_DEFAULTS = (0.0, 1.0, 0.0, 0.0, 0, "sampling", 4, 1.0, "false")
 TEXT_A = " ".join(f"The cat number {i} sat on the mat." for i in range(120))
 TEXT_B = "\n".join(f"ROMEO: O {i}, thy love is {i * 7} roses." for i in range(120))
 ENDPOINTS = {"/generate", "/compare", "/attention", "/step_probabilities", "/text_probabilities", "/finetune",
-             "/download_finetuned", "/load_model", "/beam_search", "/branch", "/diversity"}
+             "/download_finetuned", "/load_model", "/beam_search", "/branch", "/diversity", "/chat"}
 
 
 def client(served) -> gradio_client.Client:

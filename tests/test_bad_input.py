@@ -144,6 +144,9 @@ attribute = _inputs(dict(text="The cat sat on the", target=" mat", foil="", meth
                          record=None, step=0, source="text"))
 patch = _inputs(dict(clean="The cat sat on the mat and", corrupted="The dog sat on the mat and", target=" the",
                      foil=" a"))
+chat = _inputs(dict(message="Hi", history=[], max_new_tokens=4, temperature=1.0, top_k=0, top_p=1.0,
+                    repetition_penalty=1.0, seed=0, stop="", min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
+                    eta_cutoff=0.0, no_repeat_ngram_size=0))
 TRAIN_TEXT = " ".join(f"The cat number {i} sat on the mat." for i in range(60))
 finetune = _inputs(dict(text=TRAIN_TEXT, file=None, column="text", mode="LoRA", steps=1, learning_rate=1e-2,
                         batch_size=1, block_size=8, lora_rank=2, sample_prompt="The", seed=0))
@@ -772,6 +775,31 @@ API_CASES: list[Case] = [
     Case("/load_model precision blank", "/load_model", ("distilgpt2", None),
          refused("distilgpt2", r"hf download|connection|offline"), http=True),
     Case("/load_model a path with a precision", "/load_model", ("/etc/passwd", "int8"), NOT_OFFERED),
+    # ---- /chat (CHAT-ROWS): the message is refused rather than cropped (a cropped question is another one);
+    # the history is cropped from its oldest turn, with a notice (output 2)
+    Case("/chat a message", "/chat", chat(), ok(r"'role': 'assistant'", part=1)),
+    Case("/chat empty message", "/chat", chat(message=""), refused(named("message"), "empty")),
+    Case("/chat whitespace message", "/chat", chat(message=" \n\t "), refused(named("message"), "empty")),
+    Case("/chat missing message", "/chat", chat(message=None), refused(named("message"), "empty")),
+    Case("/chat 300k-character message", "/chat", chat(message=HUGE),
+         refused(named("message"), rf"{CAPS.max_prompt_chars:,}|{CAPS.max_prompt_chars}", "shorten"), seconds=5),
+    Case("/chat message too long for the context", "/chat", chat(message=" word" * TINY.block_size),
+         refused(named("message"), rf"context of {TINY.block_size} tokens", "shorten")),
+    Case("/chat control characters", "/chat", chat(message=CONTROL), ok(r"'role': 'assistant'", part=1)),
+    Case("/chat <|endoftext|> message", "/chat", chat(message=f"a{EOT}b"), ok(r"'role': 'assistant'", part=1)),
+    Case("/chat lone surrogates", "/chat", chat(message=SURROGATES), ok(), http=True),
+    Case("/chat history too long for the context", "/chat",
+         chat(history=[{"role": r, "content": [{"type": "text", "text": f"turn {i}"}]}
+                       for i in range(300) for r in ("user", "assistant")]),
+         ok("300 earlier turns", "left out", part=2)),
+    Case("/chat history over the character limit", "/chat",
+         chat(history=[{"role": r, "content": [{"type": "text", "text": "x" * 100}]}
+                       for _ in range(2_000) for r in ("user", "assistant")]),
+         ok("2000 earlier turns", rf"{CAPS.max_prompt_chars:,}-character", part=2), seconds=10),
+    Case("/chat history with an unknown role", "/chat",
+         chat(history=[{"role": "robot", "content": [{"type": "text", "text": "beep"}]}]),
+         refused(named("history"), "'user' or 'assistant'")),
+    *_sampler_rows("/chat", chat, GENERATE_PARAMS),
 ]
 
 

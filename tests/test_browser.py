@@ -219,13 +219,16 @@ def test_a_model_that_cannot_be_had_leaves_the_page_usable(browser_page, offline
     assert not errors
 
 
-@pytest.mark.parametrize("tab", ["Generate", "Attention", "Probabilities", "Fine-tune", "Beams", "Diversity", "Lab"])
+TAB_NAMES = ["Generate", "Attention", "Probabilities", "Fine-tune", "Chat", "Beams", "Diversity", "Lab"]
+
+
+@pytest.mark.parametrize("tab", TAB_NAMES)
 def test_every_tab_is_usable_at_phone_width(browser_page, tab):
     """At 390 px every tab's name is in the tab bar (none behind a "⋯" menu), and the tab's columns stack:
     each, with the plots in it, takes the whole width instead of being squeezed beside another."""
     page, errors = browser_page
     page.set_viewport_size({"width": PHONE_WIDTH, "height": 800})
-    for name in ("Generate", "Attention", "Probabilities", "Fine-tune", "Beams", "Diversity", "Lab"):  # laid out
+    for name in TAB_NAMES:  # laid out
         expect(page.get_by_role("tab", name=name, exact=True)).to_be_visible()
     expect(page.get_by_role("button", name="More tabs")).to_be_hidden()
     open_tab(page, tab)

@@ -351,6 +351,18 @@ def test_chat_drops_oldest_turns_to_fit_context(model):
     assert "dropped" in "".join(out)
 
 
+def test_chat_keeps_replies_as_the_app_does(model):
+    """The CLI's history holds each reply cleaned by ``gpt2.prompts.clean_reply``, the Chat tab's cleanup."""
+
+    def fake_generate(model, ids, params):
+        yield gpt2.Step(0, 1, "\n", None)
+        yield gpt2.Step(1, 2, " Hi there \n", "stop")
+
+    history = cli.chat_loop(model, gpt2.SamplingParams(), input_fn=Inputs("hello"), write=lambda s: None,
+                            warn=lambda s: None, generate_fn=fake_generate)
+    assert history == [("hello", prompts.clean_reply("\n Hi there \n"))] == [("hello", "Hi there")]
+
+
 @pytest.mark.slow
 def test_chat_subprocess_exits_cleanly(model_dir):
     proc = run_cli("chat", "--model", model_dir, "--max-new-tokens", "4", "--seed", "0", stdin="hello\nexit\n")

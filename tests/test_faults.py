@@ -233,8 +233,8 @@ def kept(monkeypatch) -> list[Kept]:
     results: list[Kept] = []
     keep = finetune_logic.keep_result
 
-    def keep_and_note(session, key, adapter, model):
-        keep(session, key, adapter, model)
+    def keep_and_note(session, key, adapter, model, **kw):
+        keep(session, key, adapter, model, **kw)
         results.append(Kept(session, adapter, model))
 
     monkeypatch.setattr(finetune_logic, "keep_result", keep_and_note)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import plotly.graph_objects as go
@@ -40,7 +41,7 @@ ALL_FIGURES = {
     "candidates_bar": lambda: figures.candidates_bar(["a", "b", "c", "d", "e"], stage_probs(), chosen=2),
     "surprisal_chart": lambda: figures.surprisal_chart(LABELS, np.arange(T) / 2, np.ones(T)),
     "logit_lens_heatmap": lambda: figures.logit_lens_heatmap(LABELS, *lens_record()),
-    "loss_curve": lambda: figures.loss_curve([0, 10, 20], [4.0, 3.0, 2.5], [0, 20], [4.1, 2.7]),
+    "loss_curve": lambda: figures.loss_curve([0, 10, 20], [4.0, 3.0, 2.5], [0, 20], [4.1, 2.7], [0.1, 0.3]),
 }
 
 EMPTY_FIGURES = {
@@ -388,3 +389,18 @@ def test_loss_curve_train_line_and_validation_markers():
     assert len(figures.loss_curve([0, 1], [3.0, 2.0], [], []).data) == 1  # no validation yet
     with pytest.raises(ValueError, match="val_loss"):
         figures.loss_curve([0], [3.0], [0, 5], [3.1])
+
+
+def test_loss_curve_validation_accuracy_on_a_right_axis_and_perplexity_in_the_hover():
+    fig = figures.loss_curve([0, 10, 20, 30], [4.0, 3.2, 2.9, 2.7], [0, 30], [math.log(50.0), 2.0], [0.125, 0.5])
+    train, val, acc = fig.data
+    assert (acc.name, acc.yaxis, list(acc.x), list(acc.y)) == ("validation accuracy", "y2", [0, 30], [0.125, 0.5])
+    assert train.yaxis in (None, "y") and val.yaxis in (None, "y")  # losses stay on the left axis
+    axis = fig.layout.yaxis2
+    assert (axis.overlaying, axis.side, tuple(axis.range), axis.tickformat) == ("y", "right", (0, 1), ".0%")
+    assert fig.layout.yaxis.title.text == "loss (nats/token)" and axis.title.text == "accuracy"
+    assert list(val.customdata) == pytest.approx([50.0, math.exp(2.0)]) and "perplexity" in val.hovertemplate
+    assert "%" in acc.hovertemplate
+    assert math.isinf(figures.loss_curve([1], [3.0], [1], [1e4], [0.0]).data[1].customdata[0])  # no overflow error
+    with pytest.raises(ValueError, match="val_accuracy"):
+        figures.loss_curve([0], [3.0], [0], [3.1], [0.1, 0.2])

@@ -127,3 +127,20 @@ def test_head_scores_find_previous_token_and_induction_heads():
 def test_head_scores_without_repeats_have_no_induction():
     s = head_scores(synthetic_maps([1, 2, 3, 4]))
     assert np.isnan(s.induction).all() and s.previous_token.shape == (1, 3)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_the_probe_draws_only_tokens_with_their_own_embedding_row(tiny_model, quantize):
+    import copy
+    model = copy.deepcopy(tiny_model)
+    shared = torch.arange(5000, 50257)  # a compact-vocabulary model: the tokens it never saw share one row
+    with torch.no_grad():
+        model.transformer.wte.weight[shared] = model.transformer.wte.weight[shared[0]].clone()
+    if quantize:
+        model = gpt2.quant.quantize_int8(model)
+    pool = inspection.probe_pool(model)
+    assert pool.tolist() == list(range(1000, 5000))
+    ids = inspection.repeated_probe(model, 30, seed=3)
+    assert ids[:30] == ids[30:] and set(ids) <= set(pool.tolist())
+    assert inspection.repeated_probe(model, 30, seed=3) == ids  # the seed decides
+    assert len(inspection.probe_pool(tiny_model)) == 19000  # every row distinct: the whole range

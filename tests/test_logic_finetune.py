@@ -4,6 +4,7 @@ app. Runs are a few steps of 2 x 16 tokens."""
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -107,6 +108,7 @@ def test_lora_run_streams_progress_and_keeps_the_adapter(ctx, lora_run):
     assert any("ETA" in o[1] for o in outs if step_of(o[1]) not in (None, 4))
     train = next(t for t in outs[-1][0].data if t.name == "train")
     assert list(train.x) == [1, 2, 3, 4] and any(t.name == "validation" for t in outs[-1][0].data)
+    assert any(t.name == "validation accuracy" for t in outs[-1][0].data) and "perplexity" in outs[-1][1]
     key = ctx.store.key(ctx.default_key)  # the default model in its default precision: a new session's
     assert isinstance(session.adapter, LoRAAdapter) and session.adapter_base == key == session.model_key
     assert session.use_finetuned and session.finetuned_model is None
@@ -290,10 +292,12 @@ def test_uploaded_names_never_become_paths(ctx, tmp_path):
 
 def test_csv_column_and_instruction_jsonl(ctx, tmp_path):
     rows = "".join(f'{i},"Line {i}: the cat sat on the mat."\n' for i in range(150))
-    _, outs = run(ctx, file=_write(tmp_path, "t.csv", f"id,body\n{rows}".encode()), column="body", steps=2)
-    assert step_of(outs[-1][1]) == 2
+    session, outs = run(ctx, file=_write(tmp_path, "t.csv", f"id,body\n{rows}".encode()), column="body", steps=2)
+    assert step_of(outs[-1][1]) == 2 and not session.instruction_tuned
     records = "".join(f'{{"instruction": "Add {i} and 1", "output": "{i + 1}"}}\n' for i in range(60))
-    data = prepare_data(_write(tmp_path, "q.jsonl", records.encode()), 16, cache_dir=tmp_path / "cache")
+    _, outs = run(ctx, session, file=_write(tmp_path, "q.jsonl", records.encode()), steps=2)
+    assert step_of(outs[-1][1]) == 2 and session.instruction_tuned  # the chat hint knows the records' template
+    data = prepare_data(tmp_path / "q.jsonl", 16, cache_dir=tmp_path / "cache")
     prompt = files.data_prompt(data)  # the default sample prompt: a record's prompt, without its answer
     assert "Add" in prompt and not prompt.rstrip().endswith(tuple("0123456789"))
 
@@ -404,6 +408,19 @@ def test_the_eta_says_where_the_time_limit_will_stop_the_run():
     assert "ETA 50 s" in fits.markdown()
     fits.add(record(2, elapsed=6.0))  # from then on, the measured pace
     assert "ETA 1 min 38 s" in fits.markdown() and "time limit" not in fits.markdown()
+
+
+def test_progress_shows_validation_accuracy_and_perplexity():
+    settings = logic.parse_settings(500, 64, "LoRA", 100, 1e-3, 2, 16, 4, 0)
+    progress = logic.Progress(settings, time_limit=600, estimate_s=50, fallback="the base model")
+    progress.add(record(1, elapsed=1.0))
+    assert "accuracy" not in progress.markdown()  # nothing evaluated yet
+    evaluated = record(2, elapsed=2.0)
+    evaluated.val_loss, evaluated.val_accuracy, evaluated.val_perplexity = math.log(20.0), 0.25, 20.0
+    progress.add(evaluated)
+    assert "val loss 2.996 · accuracy 25.0% · perplexity 20.0 (step 2)" in progress.markdown()
+    acc = next(t for t in progress.figure().data if t.name == "validation accuracy")
+    assert (list(acc.x), list(acc.y), acc.yaxis) == ([2], [0.25], "y2")
 
 
 def test_the_controls_follow_the_sessions_model(ctx, tmp_path):

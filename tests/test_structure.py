@@ -104,7 +104,7 @@ def test_every_tab_is_a_logic_module_and_a_layout_builder():
 
     from ui.layout.page import TABS
 
-    assert [tab.id for tab in TABS] == ["generate", "attention", "probabilities", "finetune", "beam",
+    assert [tab.id for tab in TABS] == ["generate", "attention", "probabilities", "finetune", "chat", "beam",
                                           "diversity", "lab"]
     for tab in TABS:
         assert tab.build is importlib.import_module(f"ui.layout.{tab.id}").build

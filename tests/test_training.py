@@ -177,10 +177,10 @@ def test_compact_vocab_loss_equals_the_expanded_model(text, tmp_path):
     list(Trainer(CompactVocabModel(small, subset), data.map_tokens(subset.table), cfg).run())  # train a little
     val_ids = np.asarray(data.val.ids)
     assert (subset.table[torch.from_numpy(val_ids.astype(np.int64))] == subset.other).any()  # unseen tokens
-    compact = Trainer(CompactVocabModel(small, subset), data.map_tokens(subset.table), cfg).evaluate()
+    compact = Trainer(CompactVocabModel(small, subset), data.map_tokens(subset.table), cfg).evaluate().loss
     full_model = subset.expand(small)
     assert full_model.config.vocab_size == 50257
-    full = Trainer(full_model, data, cfg).evaluate()
+    full = Trainer(full_model, data, cfg).evaluate().loss
     assert compact == pytest.approx(full, rel=1e-5)
 
 
@@ -250,7 +250,7 @@ def test_cli_pretrain_then_lora_finetune(text, tmp_path):
     log = json.loads((run / "training_log.json").read_text())
     data = prepare_data(text, 32, cache_dir=cache)
     best = min(r["val_loss"] for r in log if r["val_loss"] is not None)
-    assert Trainer(model, data, TrainConfig(eval_batches=0)).evaluate() == pytest.approx(best, rel=1e-5)
+    assert Trainer(model, data, TrainConfig(eval_batches=0)).evaluate().loss == pytest.approx(best, rel=1e-5)
 
     from transformers import GPT2LMHeadModel  # the run directory is a Hugging Face checkpoint
 
@@ -281,11 +281,13 @@ def test_two_process_gloo_run(text, tmp_path):
     out = tmp_path / "ddp"
     p = _cli("pretrain", "--data", str(text), "--out", str(out), "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
              "--block-size", "32", "--steps", "4", "--batch-size", "2", "--eval-interval", "2", "--eval-batches", "2",
-             "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--plot", "none", "--quiet",
+             "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--plot", "none", "--quiet", "--test-split", "0.1",
              launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
     assert p.returncode == 0, p.stderr
     log = json.loads((out / "training_log.json").read_text())
     assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert log[-1]["test_loss"] > 0 and 0 <= log[-1]["test_accuracy"] <= 1  # every rank tested the saved model
+    assert len(list(out.glob("training_*.log"))) == 1 and p.stdout.count("test (best model)") == 1
     assert log[-1]["tokens"] == 4 * 2 * 2 * 32  # steps x batch x 2 processes x block
     assert p.stdout.count("finished at step 4/4") == 1  # only rank 0 reports
     GPT2.from_pretrained(out)

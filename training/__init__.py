@@ -9,8 +9,11 @@ Command line (``python -m training --help``)::
     torchrun --nproc_per_node 2 -m training pretrain ...      # data-parallel (NCCL on GPUs, gloo on CPU)
 
 ``--max-time 30m`` stops in time (keeping the best model); ``--time-schedule`` also fits the cosine to that
-budget. ``pretrain --compact-vocab`` trains only the token types the data uses (exact; several times
-faster on small corpora, see ``training.vocab``). ``checkpoints/shakespeare-small/README.md`` shows a
+budget. Evaluations report validation loss, top-1 next-token accuracy and perplexity (``training.metrics``);
+``--test-split 0.1`` holds out a test share on which the best model is evaluated once, at the end. Each
+session writes a text log ``training_YYYYMMDD_HHMMSS.log`` in the run directory. ``pretrain --compact-vocab``
+trains only the token types the data uses (exact; several times faster on small corpora, see
+``training.vocab``). ``checkpoints/shakespeare-small/README.md`` shows a
 complete run.
 
 Python API. Runs on disk (what the CLI calls), each a generator of ``StepRecord``s::
@@ -19,8 +22,9 @@ Python API. Runs on disk (what the CLI calls), each a generator of ``StepRecord`
                                 lora=LoRAConfig(rank=8), stop_event=event)   # lora=None: full
     records = training.pretrain("input.txt", "runs/mini", model_config=GPTConfig.preset("small"))
     records = training.resume("runs/mini")
-    for rec in records:            # rec.step, rec.train_loss, rec.val_loss, rec.lr, rec.tokens_per_s,
-        ...                        # rec.elapsed_s, rec.eta_s, rec.stop_reason on the last one
+    for rec in records:            # rec.step, rec.train_loss, rec.val_loss, rec.val_accuracy, rec.val_perplexity,
+        ...                        # rec.lr, rec.tokens_per_s, rec.elapsed_s, rec.eta_s; on the last one
+                                   # rec.stop_reason (and rec.test_loss, test_accuracy, test_perplexity)
 
 In memory (no files), e.g. one adapter per user on one shared base model::
 

@@ -27,6 +27,7 @@ from .data import DataError
 from .lora import TARGETS, LoRAConfig
 from .run import RunArgs, run
 from .run import resume as resume_run
+from .runlog import eval_line, format_time, summary
 from .trainer import StepRecord, TrainConfig
 
 
@@ -36,11 +37,6 @@ def parse_duration(text: str) -> float:
     if not m:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90, 90s, 30m or 1.5h)")
     return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
-
-
-def _format_time(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _add_common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float | None, block: str) -> None:
@@ -69,6 +65,9 @@ def _add_common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float | 
     e.add_argument("--eval-interval", type=int, default=None, help="evaluate every N steps (default steps/10)")
     e.add_argument("--eval-batches", type=int, default=20, help="batches per evaluation; 0 = all (default 20)")
     e.add_argument("--val-fraction", type=float, default=0.1, help="held-out share (default 0.1: the last 10%%)")
+    e.add_argument("--test-split", type=float, default=0.0, metavar="FRACTION",
+                   help="share held out for one test of the best model at the end, never trained or validated on "
+                        "(default 0: none); of a text, its very end, with the validation share just before it")
     e.add_argument("--column", default=None, help="CSV column holding the text (default: 'text')")
     e.add_argument("--cache-dir", default=None, help="token cache (default ~/.cache/gpt2-playground/data)")
     o = p.add_argument_group("output")
@@ -126,8 +125,9 @@ def run_args(a: argparse.Namespace, argv: list[str]) -> RunArgs:
     a.data = str(Path(a.data).expanduser().resolve())  # training_args.json must work from any directory
     if a.command == "finetune" and Path(a.model).expanduser().is_dir():
         a.model = str(Path(a.model).expanduser().resolve())
-    common = dict(column=a.column, val_fraction=a.val_fraction, cache_dir=a.cache_dir, device=a.device,
-                  save_dtype=a.save_dtype, plot=a.plot, command=shlex.join(["python", "-m", "training", *argv]))
+    common = dict(column=a.column, val_fraction=a.val_fraction, test_fraction=a.test_split, cache_dir=a.cache_dir,
+                  device=a.device, save_dtype=a.save_dtype, plot=a.plot,
+                  command=shlex.join(["python", "-m", "training", *argv]))
     if a.command == "pretrain":
         a.block_size = a.block_size or 256
         shape = GPTConfig(block_size=a.block_size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
@@ -146,11 +146,10 @@ def _progress(records: Iterator[StepRecord], quiet: bool) -> StepRecord | None:
         if bar is None:
             bar = tqdm(total=rec.steps, initial=rec.step - 1, unit="step", disable=quiet, dynamic_ncols=True)
         bar.set_postfix_str(f"loss {rec.train_loss:.3f} | lr {rec.lr:.1e} | {rec.tokens_per_s:,.0f} tok/s | "
-                            f"eta {_format_time(rec.eta_s)}", refresh=False)
+                            f"eta {format_time(rec.eta_s)}", refresh=False)
         bar.update(rec.step - bar.n)
         if rec.val_loss is not None:
-            bar.write(f"step {rec.step}: train {rec.train_loss:.4f}  val {rec.val_loss:.4f}"
-                      + ("  (best so far)" if rec.best else ""))
+            bar.write(eval_line(rec))
         last = rec
     if bar is not None:
         bar.close()
@@ -197,10 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summary(last: StepRecord, out: str) -> None:
-    why = {"done": "finished", "time": "stopped at the time budget", "stopped": "stopped on request",
-           "nan": "stopped: loss is not finite"}.get(last.stop_reason or "", "ended")
-    print(f"{why} at step {last.step}/{last.steps} after {_format_time(last.elapsed_s)}"
-          + (f"; final val loss {last.val_loss:.4f}" if last.val_loss is not None else ""))
-    if last.message:
-        print(last.message)
-    print(f"model, log and plot in {out}")
+    for line in summary(last):
+        print(line)
+    print(f"model, logs and plot in {out}")

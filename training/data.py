@@ -3,13 +3,17 @@
 Two kinds of data come out of a file:
 
 * **a token stream** (``.txt``; CSV rows; JSONL ``{"text": ...}`` records, each followed by
-  ``<|endoftext|>``): split by position (first 90% train, last 10% validation), training windows of
-  ``block_size + 1`` tokens are drawn at random inside the training part, so no window straddles the
-  boundary;
+  ``<|endoftext|>``): split by position (first 90% train, last 10% validation; with a test fraction the
+  test split is the very end, and validation the part before it), training windows of ``block_size + 1``
+  tokens are drawn at random inside the training part, so no window straddles the boundary;
 * **instruction records** (JSONL ``{"instruction", "input"?, "output"}``): each record is formatted with
   ``gpt2.prompts`` (the template ``python -m gpt2 chat`` uses; shown in that module's docstring), the
   loss is masked (label -100) on the prompt, and ``collate`` pads a batch. Records are split at random
-  with a fixed seed (0), so the split never depends on the training seed.
+  with a fixed seed (0), so the split never depends on the training seed (nor does the validation split
+  on the test fraction).
+
+Fractions are of the whole data: ``val_fraction=0.1, test_fraction=0.1`` trains on 80%. The test split is
+never trained or validated on (``training.run`` evaluates the best model on it once, at the end).
 
 Tokens are cached as a uint16 memmap under ``cache_dir``, keyed by the file's sha256 and the reading
 options, so a second run on the same file skips tokenization (``training.tokens``).
@@ -141,13 +145,15 @@ def _spread(n: int, k: int) -> np.ndarray:
 
 @dataclass
 class PreparedData:
-    """Train and validation splits ready to serve batches (``val`` is None with ``val_fraction=0``)."""
+    """Train, validation and test splits ready to serve batches (``val`` is None with ``val_fraction=0``,
+    ``test`` with ``test_fraction=0``)."""
 
     train: StreamSplit | RecordSplit | MappedSplit
     val: StreamSplit | RecordSplit | MappedSplit | None
     kind: str  # "stream" or "records"
     n_tokens: int
     block_size: int
+    test: StreamSplit | RecordSplit | MappedSplit | None = None
 
     def token_ids(self) -> np.ndarray:
         """Every token id of the training split (the used vocabulary comes from here)."""
@@ -158,42 +164,57 @@ class PreparedData:
 
     def map_tokens(self, table: torch.Tensor) -> PreparedData:
         """The same data with ids mapped through ``table`` (full id -> new id)."""
-        val = MappedSplit(self.val, table) if self.val is not None else None
-        return PreparedData(MappedSplit(self.train, table), val, self.kind, self.n_tokens, self.block_size)
+        def mapped(split):
+            return MappedSplit(split, table) if split is not None else None
+        return PreparedData(mapped(self.train), mapped(self.val), self.kind, self.n_tokens, self.block_size,
+                            mapped(self.test))
 
     def describe(self) -> str:
         unit = "windows" if self.kind == "stream" else "records"
         val = f"{len(self.val)} validation {unit}" if self.val is not None else "no validation split"
-        return f"{self.n_tokens:,} tokens ({self.kind}): {len(self.train)} training {unit}, {val}"
+        test = f", {len(self.test)} test {unit}" if self.test is not None else ""
+        return f"{self.n_tokens:,} tokens ({self.kind}): {len(self.train)} training {unit}, {val}{test}"
 
     @classmethod
-    def from_tokens(cls, tokens: Tokens, block_size: int, val_fraction: float = 0.1,
-                    name: str = "the data") -> PreparedData:
+    def from_tokens(cls, tokens: Tokens, block_size: int, val_fraction: float = 0.1, name: str = "the data",
+                    test_fraction: float = 0.0) -> PreparedData:
         """Split tokenized data and check that each split can serve at least one block."""
-        if not 0.0 <= val_fraction < 1.0:
-            raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        for what, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= f < 1.0:
+                raise DataError(f"{what} must be in [0, 1), got {f}")
+        if val_fraction + test_fraction >= 1.0:
+            raise DataError(f"val_fraction + test_fraction must be below 1 to leave data to train on, got "
+                            f"{val_fraction} + {test_fraction}")
         if tokens.kind == "records":
-            return cls._split_records(tokens, block_size, val_fraction, name)
+            return cls._split_records(tokens, block_size, val_fraction, test_fraction, name)
         n = len(tokens.ids)
-        n_val = int(round(n * val_fraction))
-        train = StreamSplit(tokens.ids[: n - n_val], block_size)
-        val = StreamSplit(tokens.ids[n - n_val :], block_size) if val_fraction else None
-        smallest = min(n - n_val, n_val) if val is not None else n
-        if smallest <= block_size:
-            fit = smallest - 1
+        n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
+        n_train = n - n_val - n_test
+        sizes = {"training": n_train, "validation": n_val if val_fraction else None,
+                 "test": n_test if test_fraction else None}
+        sizes = {k: v for k, v in sizes.items() if v is not None}  # the splits there will be
+        if min(sizes.values()) <= block_size:
+            fit = min(sizes.values()) - 1
             hint = f"use a block size of {fit} or less, or more text" if fit >= 8 else "use more text"
-            split = f"{n - n_val:,} training" + (f" and {n_val:,} validation" if val is not None else "")
+            split = " and ".join(f"{v:,} {k}" for k, v in sizes.items())
             raise DataError(f"{name} is too small: {n:,} tokens ({split}), but each split needs at least "
                             f"block_size + 1 = {block_size + 1} tokens; {hint}")
-        return cls(train, val, "stream", n, block_size)
+        train = StreamSplit(tokens.ids[:n_train], block_size)  # train | validation | test, by position
+        val = StreamSplit(tokens.ids[n_train : n_train + n_val], block_size) if val_fraction else None
+        test = StreamSplit(tokens.ids[n_train + n_val :], block_size) if test_fraction else None
+        return cls(train, val, "stream", n, block_size, test)
 
     @classmethod
-    def _split_records(cls, tokens: Tokens, block_size: int, val_fraction: float, name: str) -> PreparedData:
+    def _split_records(cls, tokens: Tokens, block_size: int, val_fraction: float, test_fraction: float,
+                       name: str) -> PreparedData:
         n = len(tokens.offsets) - 1
         n_val = max(1, int(round(n * val_fraction))) if val_fraction else 0
-        if n - n_val < 1:
-            raise DataError(f"{name} has {n} record(s): too few to hold out {val_fraction:.0%} for validation "
-                            "and still train; add records or set the validation fraction to 0")
+        n_test = max(1, int(round(n * test_fraction))) if test_fraction else 0
+        if n - n_val - n_test < 1:
+            held = " and ".join(f"{f:.0%} for {k}" for k, f in (("validation", val_fraction), ("test", test_fraction))
+                                if f)
+            raise DataError(f"{name} has {n} record(s): too few to hold out {held} and still train; add records "
+                            "or lower the held-out fractions")
         lengths = np.diff(tokens.offsets)
         if (lengths < 2).all():
             raise DataError(f"{name}: every record is shorter than two tokens")
@@ -202,16 +223,20 @@ class PreparedData:
         if cropped:
             log.warning("%d of %d records are longer than block_size + 1 = %d tokens and will be cropped",
                         cropped, n, block_size + 1)
-        train = RecordSplit(tokens, np.sort(perm[: n - n_val]), block_size)
+        # the permutation's end is validation, the part before it test: the validation split stays the same
+        # records whatever the test fraction
+        n_train = n - n_val - n_test
+        train = RecordSplit(tokens, np.sort(perm[:n_train]), block_size)
         val = RecordSplit(tokens, np.sort(perm[n - n_val :]), block_size) if n_val else None
-        return cls(train, val, "records", len(tokens.ids), block_size)
+        test = RecordSplit(tokens, np.sort(perm[n_train : n - n_val]), block_size) if n_test else None
+        return cls(train, val, "records", len(tokens.ids), block_size, test)
 
 
 def prepare_data(path: str | Path, block_size: int, *, val_fraction: float = 0.1, column: str | None = None,
-                 cache_dir: str | Path | None = None) -> PreparedData:
+                 cache_dir: str | Path | None = None, test_fraction: float = 0.0) -> PreparedData:
     """Read, tokenize (cached) and split a ``.txt``, ``.csv``/``.tsv`` or ``.jsonl`` file.
 
     Raises ``DataError`` with a message naming the problem (and line, for JSONL) on bad data.
     """
     tokens = tokenize_file(path, column=column, cache_dir=cache_dir)
-    return PreparedData.from_tokens(tokens, block_size, val_fraction, name=str(path))
+    return PreparedData.from_tokens(tokens, block_size, val_fraction, name=str(path), test_fraction=test_fraction)

@@ -7,15 +7,22 @@ Layout of a run directory ``OUT``::
                                          when there is no validation split
     OUT/adapter/                         LoRA runs: the best adapter alone (the model files above are
                                          base + adapter merged)
-    OUT/training_log.json                every StepRecord
+    OUT/training_log.json                every StepRecord (validation loss, accuracy and perplexity at
+                                         evaluations; with a test split, the best model's test metrics
+                                         on each session's last record)
+    OUT/training_YYYYMMDD_HHMMSS.log     the text log of one session (command, args, every step, the
+                                         result); a resumed run adds a file (``training.runlog``)
     OUT/training_args.json               everything needed to rebuild the run (RunArgs)
-    OUT/loss.html                        the loss plot
+    OUT/loss.html                        the loss plot (validation accuracy on a second axis)
     OUT/last/                            the latest state, fp32: the model (or adapter/; compact
                                          vocabulary runs: the compact model + vocab_subset.json), plus
                                          trainer_state.safetensors/.json (optimizer, RNG, step); resume
                                          continues from here
 
 Checkpoints are written at each evaluation and at the end. Under ``torchrun`` only rank 0 writes.
+With ``test_fraction`` a test split is held out (``training.data``) and, at the end of each session, the
+saved best model (what the run publishes: merged for LoRA, full vocabulary for a compact one) is loaded
+back and evaluated on it once, with the validation's batch size and number of batches.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from gpt2 import GPT2, GPTConfig
 from gpt2.files import write_dir_atomically, write_file_atomically
 
 from . import distributed as dist
-from .data import PreparedData, prepare_data
+from . import runlog
+from .data import MappedSplit, PreparedData, prepare_data
 from .lora import LoRAAdapter, LoRAConfig, LoRAModel, load_adapter, merge_lora, save_adapter
 from .plot import write_loss_plot
 from .trainer import StepRecord, StopEvent, TrainConfig, Trainer
@@ -65,6 +73,7 @@ class RunArgs:
     lora: LoRAConfig | None = None
     column: str | None = None
     val_fraction: float = 0.1
+    test_fraction: float = 0.0  # held out for one evaluation of the best model at the end (CLI --test-split)
     cache_dir: str | None = None
     device: str | None = None  # None: CUDA when available, else CPU
     compact_vocab: bool = False  # pretrain: train only the used tokens (exact; see training.vocab)
@@ -179,14 +188,23 @@ def run(args: RunArgs, out_dir: str | Path, *, stop_event: StopEvent | None = No
     info = dist.current()
     if info.is_main and not resume:
         _claim(out, overwrite)
+    with runlog.text_log(out, args.to_dict(), enabled=info.is_main) as text:
+        yield from _train(args, out, info, text, stop_event, resume, model)
+
+
+def _train(args: RunArgs, out: Path, info: dist.DistInfo, text: logging.Logger, stop_event: StopEvent | None,
+           resume: bool, model: GPT2 | None) -> Iterator[StepRecord]:
+    """``run``'s body, writing each step to the run's text log ``text``."""
     device = torch.device(args.device or (f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"))
     last = out / LAST_DIR if resume else None
     job, data = _build(args, device, model, last, info)
     log.info("data: %s", data.describe())
+    text.info("data: %s", data.describe())
     trainer = Trainer(job.trainable(), data, args.train)
     records: list[dict[str, Any]] = []
     if resume:
         records = _restore(out, trainer)
+        text.info("resumed at step %d", trainer.step)
     elif info.is_main:
         _write_json(out / ARGS_FILE, args.to_dict())
     saved_best = any(r.get("best") for r in records)
@@ -196,6 +214,14 @@ def run(args: RunArgs, out_dir: str | Path, *, stop_event: StopEvent | None = No
             write_best = rec.best or (data.val is None) or not saved_best
             _checkpoint(out, args, trainer, job, records, write_best)
             saved_best = saved_best or write_best
+        if rec.stop_reason and data.test is not None:
+            _test(out, trainer, data.test, rec)
+            records[-1] = rec.to_dict()
+            if info.is_main:
+                _write_log(out, args, records)
+        text.info(runlog.step_line(rec))
+        for line in runlog.summary(rec) if rec.stop_reason else ():
+            text.info(line)
         yield rec
 
 
@@ -240,6 +266,8 @@ def _claim(out: Path, overwrite: bool) -> None:
                                   "(--overwrite) to replace it, or choose another output directory")
         for name in (LAST_DIR, ADAPTER_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
+        for old in out.glob(runlog.LOG_GLOB):  # the earlier run's text logs
+            old.unlink(missing_ok=True)
         for name in (LOG_FILE, ARGS_FILE, PLOT_FILE, "config.json", "model.safetensors"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +277,7 @@ def _prepare_data(args: RunArgs, block_size: int, info: dist.DistInfo) -> Prepar
     """Rank 0 tokenizes first; the others then read its cache instead of tokenizing again."""
     def prep() -> PreparedData:
         return prepare_data(args.data, block_size, val_fraction=args.val_fraction, column=args.column,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, test_fraction=args.test_fraction)
     if info.is_main:
         data = prep()
         dist.barrier()
@@ -270,9 +298,23 @@ def _checkpoint(out: Path, args: RunArgs, trainer: Trainer, job: _Job, records: 
         _write_model(job.export(), out, _DTYPES[args.save_dtype])
         if job.adapter is not None:
             write_dir_atomically(out / ADAPTER_DIR, lambda tmp: save_adapter(job.adapter, tmp, args.model or ""))
+    _write_log(out, args, records)
+
+
+def _write_log(out: Path, args: RunArgs, records: list[dict[str, Any]]) -> None:
     _write_json(out / LOG_FILE, records, one_per_line=True)
     if args.plot != "none":
         write_loss_plot(records, out / PLOT_FILE, args.plot, title=f"{args.mode}: {Path(args.data).name}")
+
+
+def _test(out: Path, trainer: Trainer, split, rec: StepRecord) -> None:
+    """Evaluate the saved best model once on the test split, on every rank; the metrics go on ``rec``.
+    The saved model is the published one (merged LoRA; full vocabulary, so a compact run's test split is
+    read unmapped: the losses are equal, see ``training.vocab``). It is a second copy in memory, briefly."""
+    dist.barrier()  # rank 0 has written it
+    best = GPT2.from_pretrained(out, device=trainer.device, dtype=torch.float32)
+    result = trainer.evaluate(split.split if isinstance(split, MappedSplit) else split, model=best)
+    rec.test_loss, rec.test_accuracy, rec.test_perplexity = result.loss, result.accuracy, result.perplexity
 
 
 def _write_last(last: Path, trainer: Trainer, job: _Job) -> None:

@@ -19,12 +19,13 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist
-from .data import IGNORE_INDEX, Batch, PreparedData
+from . import metrics
+from .data import IGNORE_INDEX, Batch, MappedSplit, PreparedData, RecordSplit, StreamSplit
 from .lora import LoRAModel
+from .metrics import Metrics, cross_entropy_sum
 
 log = logging.getLogger(__name__)
 STOP_REASONS = ("done", "time", "stopped", "nan")  # why a run ended, on its last record
@@ -98,7 +99,12 @@ class StepRecord:
     elapsed_s: float  # wall-clock since the run began (earlier sessions of a resumed run included)
     eta_s: float  # estimated time to the end of the run (or of the time budget)
     val_loss: float | None = None  # when this step evaluated
+    val_accuracy: float | None = None  # top-1 next-token accuracy on the validation split (training.metrics)
+    val_perplexity: float | None = None  # exp(val_loss)
     best: bool = False  # this evaluation is the lowest validation loss so far
+    test_loss: float | None = None  # on a session's last record, with a test split: the saved best model's
+    test_accuracy: float | None = None  # metrics on it (training.run; evaluated once, at the end)
+    test_perplexity: float | None = None
     stop_reason: str | None = None  # on the last record: one of STOP_REASONS
     message: str = ""
 
@@ -140,11 +146,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed next-token loss over the supervised positions (targets -100 are skipped)."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-
-
 def _step_seed(seed: int, rank: int, step: int) -> int:
     """Seed of the data sampler at a step: resuming needs no sampler state, and ranks differ."""
     return hash((seed, rank, step)) & (2**63 - 1)  # int/tuple hashing is not randomised per process
@@ -153,8 +154,8 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
 class Trainer:
     """Trains the parameters of ``model`` that require grad. ``model(idx)`` must return logits
     ``(B, T, vocab)`` (a ``GPT2``, or a ``LoRAModel`` for adapters). ``loss_fn(logits, targets)`` returns
-    the summed loss; default: the model's own ``loss_sum`` if it has one, else cross-entropy. Under
-    ``torchrun`` it wraps the model in DDP."""
+    the summed loss; default: the model's own ``loss_sum`` if it has one, else cross-entropy (and its own
+    ``correct_sum`` for the accuracy, see ``training.metrics``). Under ``torchrun`` it wraps the model in DDP."""
 
     def __init__(self, model: nn.Module, data: PreparedData, config: TrainConfig, loss_fn=None) -> None:
         self.model, self.data, self.config = model, data, config
@@ -231,21 +232,19 @@ class Trainer:
         tokens = sum(x.numel() for x, _ in batches) * self.dist.world_size
         return (loss if math.isfinite(norm) else float("nan")), norm, tokens
 
-    def evaluate(self) -> float | None:
-        """Mean loss per supervised token over the validation batches (None without a split)."""
-        if self.data.val is None:
+    def evaluate(self, split: StreamSplit | RecordSplit | MappedSplit | None = None,
+                 model: nn.Module | None = None) -> Metrics | None:
+        """Loss, accuracy and perplexity over the validation batches (None without a split), in one forward
+        pass per batch; or over another ``split``, or of another ``model`` (its own ``loss_sum``), with the
+        same batch size, number of batches and precision."""
+        split = self.data.val if split is None else split
+        if split is None:
             return None
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, labels]
-        self.model.eval()
-        with torch.no_grad(), self._autocast():
-            batches = self.data.val.eval_batches(self.config.batch_size, self.config.eval_batches,
-                                                 self.dist.rank, self.dist.world_size)
-            for x, y in batches:
-                x, y = x.to(self.device), y.to(self.device)
-                total[0] += self._loss_sum(self.model, x, y).double()
-                total[1] += (y != IGNORE_INDEX).sum()
-        dist.all_reduce_sum(total)
-        return float(total[0] / total[1].clamp_min(1))
+        loss_fn = self.loss_fn if model is None else None
+        batches = split.eval_batches(self.config.batch_size, self.config.eval_batches, self.dist.rank,
+                                     self.dist.world_size)
+        with self._autocast():
+            return metrics.evaluate(self.model if model is None else model, batches, self.device, loss_fn)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -296,12 +295,15 @@ class Trainer:
                 self.step += 1
                 self.tokens += tokens
                 reason = self._stop_reason(stop_event, time.perf_counter() - start, step_s)
-                val = None
+                val, scores = None, {}
                 interval = cfg.eval_interval and self.step % cfg.eval_interval == 0
                 if reason in ("done", "time") or (reason is None and interval):
                     t1 = time.perf_counter()
-                    val = self.evaluate()
+                    result = self.evaluate()
                     eval_s = time.perf_counter() - t1
+                    if result is not None:
+                        val, scores = result.loss, dict(val_accuracy=result.accuracy,
+                                                        val_perplexity=result.perplexity)
                 best = val is not None and val < self.best_val
                 self.best_val = min(self.best_val, val) if val is not None else self.best_val
                 remaining = cfg.steps - self.step
@@ -311,7 +313,7 @@ class Trainer:
                     eta = min(eta, max(0.0, cfg.max_time - (time.perf_counter() - start)))
                 self.stop_reason = reason
                 yield self._record(lr, loss, norm, tokens, dt, 0.0 if reason else eta, val_loss=val,
-                                   best=best, stop_reason=reason)
+                                   best=best, stop_reason=reason, **scores)
                 if reason:
                     return
         finally:

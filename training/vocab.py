@@ -12,6 +12,13 @@ same logit ``h . u``, so the full softmax's normaliser is ``sum_used exp(l_i) + 
 plus ``ln(V - n_used)``), which makes the compact normaliser equal the full one, and scores a target
 among the unused tokens (only validation has them) as one of ``V - n_used`` equally likely tokens. So
 training and validation losses are exactly the expanded model's.
+
+Accuracy (``correct_sum``) is the expanded model's too, with one convention: the argmax over the compact
+logits is the expanded model's argmax whenever it is a used token (same logits), and when it is the shared
+row the expanded model predicts one of ``V - n_used`` tied unused tokens (``argmax``: the lowest id). The
+compact ids no longer say which unused token a target was, so such a prediction is counted wrong: it
+matches the expanded model except when the target is exactly that lowest unused id (a guess among
+``V - n_used`` tokens the model never saw in training, not something it learned).
 """
 
 from __future__ import annotations
@@ -97,3 +104,9 @@ class CompactVocabModel(nn.Module):
         lse = lse + torch.log1p(math.expm1(self.offset) * torch.exp(logits[:, self.other] - lse))
         picked = logits.gather(1, targets.clamp_min(0)[:, None])[:, 0]  # (N,)
         return ((lse - picked) * (targets != IGNORE_INDEX)).sum()
+
+    def correct_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Supervised positions whose argmax is the target; a target among the unused tokens (the shared
+        row) is never predicted exactly, so it counts as wrong (see the module docstring)."""
+        hit = (logits.argmax(dim=-1) == targets) & (targets != IGNORE_INDEX) & (targets != self.other)
+        return hit.sum()

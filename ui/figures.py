@@ -340,8 +340,11 @@ def logit_lens_heatmap(input_labels: list[str], top_labels: list[list[str]], top
     return _layout(fig, title, height)
 
 
-def loss_curve(steps: list[int], train_loss: list[float], val_steps: list[int], val_loss: list[float]) -> go.Figure:
-    """Training loss as a line and validation loss as markers on a line, in nats per token, over steps."""
+def loss_curve(steps: list[int], train_loss: list[float], val_steps: list[int], val_loss: list[float],
+               val_accuracy: list[float] | None = None) -> go.Figure:
+    """Training loss as a line and validation loss as markers on a line, in nats per token, over steps (the
+    validation perplexity, ``exp`` of its loss, in the hover); ``val_accuracy`` (top-1 next-token, one per
+    validation step) on a right-hand 0-100% axis."""
     train_loss = _series(train_loss, len(steps), "train_loss")
     val_loss = _series(val_loss, len(val_steps), "val_loss")
     title = "Loss"
@@ -352,9 +355,18 @@ def loss_curve(steps: list[int], train_loss: list[float], val_steps: list[int], 
         fig.add_trace(go.Scatter(x=list(steps), y=train_loss, name="train", mode="lines",
                                  hovertemplate="step %{x}: %{y:.3f}"))
     if len(val_steps):
+        with np.errstate(over="ignore"):  # a huge loss is an infinite perplexity
+            perplexity = np.exp(val_loss)
         fig.add_trace(go.Scatter(x=list(val_steps), y=val_loss, name="validation", mode="lines+markers",
-                                 hovertemplate="step %{x}: %{y:.3f}"))
+                                 customdata=perplexity, hovertemplate="step %{x}: %{y:.3f}<br>perplexity "
+                                 "%{customdata:.2f}"))
+    if val_accuracy is not None and len(val_steps):
+        fig.add_trace(go.Scatter(x=list(val_steps), y=_series(val_accuracy, len(val_steps), "val_accuracy"),
+                                 name="validation accuracy", mode="lines+markers", yaxis="y2",
+                                 line=dict(dash="dot"), hovertemplate="step %{x}: %{y:.1%}"))
+        fig.update_layout(yaxis2=dict(title="accuracy", overlaying="y", side="right", range=[0, 1],
+                                      tickformat=".0%", showgrid=False))
     fig.update_xaxes(title="step")
-    fig.update_yaxes(title="loss (nats/token)")
+    fig.update_yaxes(title="loss (nats/token)", selector=dict(overlaying=None))
     _legend_below(fig, 400)
     return _layout(fig, title, 400)

@@ -101,6 +101,7 @@ class Session:
     finetuned_model: gpt2.GPT2 | None = None  # full fine-tuning keeps its own copy (``keep_finetuned``)
     dropped_note: str | None = None  # why the full copy is gone, when the server's budget dropped it
     use_finetuned: bool = False
+    instruction_tuned: bool = False  # the fine-tuned model learned instruction records (the chat hint)
     records: deque[GenerationRecord] = field(default_factory=lambda: deque(maxlen=MAX_RECORDS))
     stop: threading.Event = field(default_factory=threading.Event)  # Generate's Stop
     redraw: RedrawCache = field(default_factory=RedrawCache, repr=False)  # the Attention tab's last text
@@ -140,12 +141,13 @@ class Session:
             budget.LOGITS.touch(found)
         return found
 
-    def keep_finetuned(self, adapter: object | None, model: gpt2.GPT2 | None, base: str) -> None:
-        """Make ``adapter`` or the full copy ``model`` (trained on ``base``) the session's fine-tuned model.
-        A full copy counts against the server's limit on them (``ui.budget.FULL_COPIES``), which may drop
-        another session's least recently used one."""
+    def keep_finetuned(self, adapter: object | None, model: gpt2.GPT2 | None, base: str,
+                       instructions: bool = False) -> None:
+        """Make ``adapter`` or the full copy ``model`` (trained on ``base``; on instruction records when
+        ``instructions``) the session's fine-tuned model. A full copy counts against the server's limit on
+        them (``ui.budget.FULL_COPIES``), which may drop another session's least recently used one."""
         self.adapter, self.finetuned_model, self.adapter_base = adapter, model, base
-        self.dropped_note = None
+        self.dropped_note, self.instruction_tuned = None, instructions
         if model is not None:
             budget.FULL_COPIES.add(self)
         else:

@@ -142,7 +142,7 @@ def _wire(page, w: _Widgets) -> None:
             w.values("text", "source", "record", "layer", "head", "view", "scale", "width"), full, **drawn)
     w.source.change(_source_shown, [w.source], [w.text, w.repeat, w.record, w.step], queue=False,
                     api_visibility="private")
-    wire.on(w.repeat.click, logic.repeated, {}, [w.text])
+    wire.on(w.repeat.click, logic.repeated, {}, [w.text], model=True)
     picked = w.table.select(_pick_head, None, [w.layer, w.head, w.view], api_visibility="private")
     wire.on(picked.success, logic.redraw, w.values(*DRAWING, "width"), redrawn, model=True,
             show_progress_on=[w.plot])

@@ -1,4 +1,5 @@
-"""The Fine-tune tab's layout: data and settings, the live loss plot, before/after samples, the download."""
+"""The Fine-tune tab's layout: data (with a preview, and the example instruction set) and settings, the live loss
+plot, before/after samples, the download, and "Chat with it" once a model is fine-tuned."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import gradio as gr
 from ..logic import finetune as logic
 from ..logic import finetune_data as files
 from . import widgets
-from .links import MODEL_CHANGED, tab_selected
+from .links import MODEL_CHANGED, open_tab, tab_selected
 
 # The download's second half: once the zip is made, the browser saves it (its "Save" button stays, to save again).
 SAVE_ZIP = """(file) => {
@@ -29,6 +30,8 @@ class Controls:
     start: gr.Button
     stop: gr.Button
     progress: gr.Markdown
+    example: gr.Button
+    preview: gr.HTML
 
 
 def _data_column(page) -> Controls:
@@ -37,11 +40,14 @@ def _data_column(page) -> Controls:
     file = gr.File(label=f"…or upload a .txt, .csv or .jsonl file (at most {files.size_text(caps.max_upload_bytes)}; "
                          "used instead of the text)", file_types=list(files.EXTENSIONS), type="filepath")
     column = gr.Textbox("text", label="CSV column", info="for .csv files: the column holding the text")
+    example = gr.Button("Try the example instruction set (questions and answers written for this model)",
+                        size="sm")
+    preview = gr.HTML()  # how training sees the data: filled when data is pasted, uploaded or loaded
     with gr.Row():
         start = gr.Button("Start fine-tuning", variant="primary", scale=2, min_width=180)
         stop = gr.Button("Stop", scale=1, min_width=80)
     progress = gr.Markdown("Paste text or upload a file, then press **Start fine-tuning**.", label="progress")
-    return Controls({"text": text, "file": file, "column": column}, start, stop, progress)
+    return Controls({"text": text, "file": file, "column": column}, start, stop, progress, example, preview)
 
 
 def _settings_column(page) -> dict[str, gr.components.Component]:
@@ -82,9 +88,27 @@ def build(page) -> None:
     with gr.Row():
         prepare = gr.Button("Download the fine-tuned model (.zip, Hugging Face layout)", visible=False, min_width=240)
         download = gr.DownloadButton("fine-tuned model (.zip)", visible=False, min_width=200)  # labelled when packed
+        chat = gr.Button("Chat with it ›", variant="primary", visible=False, min_width=160)
     fitted = gr.State(page.ctx.store.key(page.ctx.default_key))  # the model whose defaults the sliders show
     inputs = {**controls.inputs, **settings, "sample_prompt": sample_prompt, "seed": seed}
     _wire(page, controls, inputs, [plot, controls.progress, before, after, download], prepare, fitted)
+    _wire_data(page, controls, inputs, chat)
+
+
+def _wire_data(page, controls: Controls, inputs: dict, chat: gr.Button) -> None:
+    """The preview, the example set's button and "Chat with it" (shown while a fine-tuned model exists)."""
+    wire, data = page.wire, {"text": inputs["text"], "file": inputs["file"]}
+    # the file's .change: also when the example's button fills it; the text's .blur: not a request a keystroke
+    wire.on([inputs["file"].change, inputs["text"].blur], files.preview, data, [controls.preview], session=False,
+            queue=False, show_progress="hidden", trigger_mode="always_last")
+    wire.on(controls.example.click, files.example, {},
+            [inputs[k] for k in ("file", "mode", "learning_rate", "steps", "batch_size", "block_size",
+                                 "sample_prompt")], queue=False)
+    page.links.follow(MODEL_CHANGED, lambda listener: wire.on(listener, files.chat_ready, {}, [chat], queue=False,
+                                                              show_progress="hidden"))
+    chosen = wire.on(chat.click, files.chat_with_it, {}, [], queue=False)  # the switch first, then the tab
+    page.links.emit(MODEL_CHANGED, chosen.success)  # the header's switch and the Chat tab's hint follow
+    page.links.emit(open_tab("chat"), chosen.success)
 
 
 def _wire(page, controls: Controls, inputs: dict, outputs: list, prepare: gr.Button, fitted: gr.State) -> None:

@@ -29,7 +29,7 @@ def _inputs(ctx) -> dict:
     """The left column: what to read and what to knock out."""
     config = ctx.base(ctx.default_key).config
     caps = ctx.caps
-    text = gr.Textbox(logic.probe_text(ctx, config, logic.EXAMPLE_SEED), label="Text", lines=4,
+    text = gr.Textbox(logic.probe_text(ctx, logic.ModelRef(ctx.default_key), logic.EXAMPLE_SEED), label="Text", lines=4,
                       placeholder="Type or paste a text…", elem_id="ablate-text")
     repeat = gr.Button("use repeated random tokens", size="sm")
     preset = widgets.dropdown(logic.presets(config.n_layer), value=logic.NONE, label="preset",
@@ -67,7 +67,7 @@ def build(page) -> None:
     wire = page.wire
     wire.on(api.click, logic.ablate, {**values, "heads": api_heads}, outputs, api_name="ablate", model=True)
     wire.on(run.click, logic.ablate, values, outputs, model=True, show_progress_on=[summary])
-    wire.on(w["repeat"].click, logic.repeated, {}, [w["text"]])
+    wire.on(w["repeat"].click, logic.repeated, {}, [w["text"]], model=True)
     wire.on(w["preset"].input, logic.preset, {"preset": w["preset"]}, [w["heads"]], model=True)
 
     def fitted(listener):

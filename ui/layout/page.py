@@ -17,15 +17,16 @@ from ..context import AppContext
 from ..logic import header
 from ..models import DEFAULT
 from ..session import Session
-from . import attention, beam, diversity, finetune, generate, lab, probabilities, widgets
+from . import attention, beam, chat, diversity, finetune, generate, lab, probabilities, widgets
 from .links import MODEL_CHANGED, Links, tab_selected
 from .wiring import Wiring
 
 INTRO = """# GPT-2 Playground
 See how a GPT-2 language model thinks: **generate** text (sampling, greedy or beam search), look at where each
 token **attends**, see the **probabilities** behind every choice and branch from any of them, watch a **beam
-search** as a tree, measure the **diversity** of samples, **fine-tune** it on your own text, and in the **Lab**
-knock out heads, attribute a prediction to its inputs and patch activations: all in the browser."""
+search** as a tree, measure the **diversity** of samples, **fine-tune** it on your own text and **chat** with
+it, and in the **Lab** knock out heads, attribute a prediction to its inputs and patch activations: all in the
+browser."""
 
 
 # The generation's view tells the prompt (muted) from the generated text, whose tokens are coloured by
@@ -47,12 +48,12 @@ CSS = """
 #generated-view .legend { margin-top: 0.6em; font-size: 0.85em; color: var(--body-text-color-subdued); }
 #generated-view .legend .tok { padding: 0 4px; margin-left: 2px; color: var(--body-text-color); white-space: nowrap; }
 @media (max-width: 480px) {
-  .tab-wrapper .tab-container button { padding: 0 4px !important; font-size: 12px !important; }
+  .tab-wrapper .tab-container button { padding: 0 3px !important; font-size: 11px !important; }
 }
 """
 
 # Gradio scopes ``CSS`` to the page's content; the 32 px side margins of the app around it need a plain
-# style in the head: at phone widths they would leave too little room for the tab bar (6 tabs).
+# style in the head: at phone widths they would leave too little room for the tab bar (8 tabs).
 HEAD = """<style>
 @media (max-width: 480px) { gradio-app .main.fillable.app { padding-left: 4px; padding-right: 4px; } }
 </style>"""
@@ -82,6 +83,7 @@ TABS = (
     Tab("Attention", "attention", attention.build),
     Tab("Probabilities", "probabilities", probabilities.build),
     Tab("Fine-tune", "finetune", finetune.build),
+    Tab("Chat", "chat", chat.build),
     Tab("Beams", "beam", beam.build),
     Tab("Diversity", "diversity", diversity.build),
     Tab("Lab", "lab", lab.build),

@@ -20,7 +20,7 @@ import torch
 
 import gpt2
 from gpt2.edit import MODES
-from gpt2.inspection import repeated_tokens
+from gpt2.inspection import probe_pool, repeated_probe, repeated_tokens
 
 from .. import figures_lab, inputs
 from ..context import AppContext
@@ -93,9 +93,10 @@ def presets(n_layer: int) -> list[str]:
     return [NONE, TOP_INDUCTION, TOP_PREVIOUS, *(LAYER_PRESET.format(i) for i in range(n_layer))]
 
 
-def probe_ids(config: gpt2.GPTConfig) -> list[int]:
-    """The presets' probe: random tokens repeated once, as the Attention tab's button makes them."""
-    return repeated_tokens(min(REPEAT_LENGTH, config.block_size // 2), PROBE_SEED, config.vocab_size)
+def probe_head_table(model: gpt2.GPT2):
+    """The head table on the presets' probe: random tokens the model tells apart, repeated once, as the
+    Attention tab's button makes them (a ``ui.gpu`` job)."""
+    return head_table(model, repeated_probe(model, min(REPEAT_LENGTH, model.config.block_size // 2), PROBE_SEED))
 
 
 def top_heads(table, column: str, k: int = TOP_K) -> dict[int, list[int]]:
@@ -115,7 +116,7 @@ def preset_heads(ctx: AppContext, session: Session, preset) -> dict[int, list[in
     if preset == NONE:
         return {}
     if preset in (TOP_INDUCTION, TOP_PREVIOUS):
-        table = ctx.gpu.call(head_table, ref, probe_ids(config))
+        table = ctx.gpu.call(probe_head_table, ref)
         return top_heads(table, "induction" if preset == TOP_INDUCTION else "previous-token")
     return {int(preset.rsplit(" ", 1)[1]): list(range(config.n_head))}
 
@@ -156,15 +157,17 @@ def preselect(ctx: AppContext, session: Session, heads) -> Update:
     return toggles(ctx, session, parse_heads(heads, config.n_layer, config.n_head))
 
 
-def probe_text(ctx: AppContext, config: gpt2.GPTConfig, seed: int | None = None) -> str:
-    """Random tokens repeated once, as text (the induction probe, as the Attention tab's button makes it),
-    short enough to be scored whole: both copies and ``<|endoftext|>`` fit the context and the Lab's cap.
-    ``seed`` None: a new probe each time."""
+def probe_text(ctx: AppContext, ref, seed: int | None = None) -> str:
+    """Random tokens repeated once, as text (the induction probe, as the Attention tab's button makes it, of
+    tokens the model tells apart), short enough to be scored whole: both copies and ``<|endoftext|>`` fit the
+    context and the Lab's cap. ``seed`` None: a new probe each time."""
+    config = ctx.config(ref)
     limit = min(config.block_size - 1, ctx.caps.max_attribution_tokens)
     seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+    pool = ctx.gpu.call(probe_pool, ref)
     n = min(REPEAT_LENGTH, limit // 2)
     while True:  # decoded random tokens may encode to more tokens (split bytes): shorter until it fits
-        text = gpt2.get_tokenizer().decode(repeated_tokens(n, seed, config.vocab_size))
+        text = gpt2.get_tokenizer().decode(repeated_tokens(n, seed, config.vocab_size, pool=pool))
         over = len(gpt2.encode(text)) - limit
         if over <= 0 or n <= 1:
             return text
@@ -173,7 +176,7 @@ def probe_text(ctx: AppContext, config: gpt2.GPTConfig, seed: int | None = None)
 
 def repeated(ctx: AppContext, session: Session) -> str:
     """The "use repeated random tokens" button: a new probe for the session's model."""
-    return probe_text(ctx, ctx.config(ctx.ref(session)))
+    return probe_text(ctx, ctx.ref(session))
 
 
 # ---------------------------------------------------------------- jobs (``ui.gpu``: plain values in and out)

@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 import gpt2
-from gpt2.inspection import HeadScores, repeated_tokens
+from gpt2.inspection import HeadScores, repeated_probe
 
 from .. import figures, inputs
 from ..context import AppContext
@@ -391,9 +391,9 @@ def open_latest(ctx: AppContext, session: Session, layer, head, view, scale, wid
 
 
 def repeated(ctx: AppContext, session: Session, seed: int | None = None) -> str:
-    """Random tokens (at most half the model's context) repeated once, as text: induction heads attend
-    from the second copy to the token after the first. ``seed`` None: a new probe each time."""
-    config = ctx.config(ctx.ref(session))
+    """Random tokens the model tells apart (at most half its context) repeated once, as text: induction heads
+    attend from the second copy to the token after the first. ``seed`` None: a new probe each time."""
+    ref = ctx.ref(session)
     seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-    return gpt2.get_tokenizer().decode(repeated_tokens(min(REPEAT_LENGTH, config.block_size // 2), seed,
-                                                       config.vocab_size))
+    ids = ctx.gpu.call(repeated_probe, ref, min(REPEAT_LENGTH, ctx.config(ref).block_size // 2), seed)
+    return gpt2.get_tokenizer().decode(ids)

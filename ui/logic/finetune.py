@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import gpt2
 import training
 from gpt2.lora import LoRAAdapter, LoRAConfig, use_adapter
+from training.metrics import perplexity
 
 from .. import figures, inputs
 from ..context import AppContext
@@ -111,6 +112,7 @@ class Progress:
     elapsed: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)  # top-1 next-token, at the same steps
     last: training.StepRecord | None = None
     learned: bool = False  # at least one optimizer step was applied
     before: str = ""
@@ -126,9 +128,10 @@ class Progress:
         if rec.val_loss is not None:
             self.val_steps.append(rec.step)
             self.val_loss.append(rec.val_loss)
+            self.val_accuracy.append(math.nan if rec.val_accuracy is None else rec.val_accuracy)
 
     def figure(self) -> go.Figure:
-        return figures.loss_curve(self.steps, self.train_loss, self.val_steps, self.val_loss)
+        return figures.loss_curve(self.steps, self.train_loss, self.val_steps, self.val_loss, self.val_accuracy)
 
     def eta(self) -> str:
         """Time left, and where the server's time limit will cut the run if it will: from the pace of the
@@ -153,7 +156,8 @@ class Progress:
         else:
             parts = [f"**step {r.step} / {r.steps}**", f"train loss {r.train_loss:.3f}"]
             if self.val_loss:
-                parts.append(f"val loss {self.val_loss[-1]:.3f} (step {self.val_steps[-1]})")
+                parts.append(f"val loss {self.val_loss[-1]:.3f} · accuracy {self.val_accuracy[-1]:.1%} · perplexity "
+                             f"{perplexity(self.val_loss[-1]):,.1f} (step {self.val_steps[-1]})")
             parts += [f"{r.tokens_per_s:,.0f} tokens/s", f"{duration(r.elapsed_s)} elapsed"]
             if not r.stop_reason:
                 parts.append(self.eta())
@@ -255,10 +259,12 @@ def train_job(base: gpt2.GPT2, progress: Progress, run: Run) -> Iterator[tuple[P
     yield progress, (adapter, model)
 
 
-def keep_result(session: Session, key: str, adapter: LoRAAdapter | None, model: gpt2.GPT2 | None) -> None:
+def keep_result(session: Session, key: str, adapter: LoRAAdapter | None, model: gpt2.GPT2 | None,
+                instructions: bool = False) -> None:
     """Make the result this session's fine-tuned model (replacing an earlier one, and its download) and
-    switch to it."""
-    session.keep_finetuned(adapter, model, key)  # ``key``: the base it was trained on (``AppContext.ref``)
+    switch to it; ``instructions``: it was trained on instruction records (the chat template's)."""
+    # ``key``: the base it was trained on (``AppContext.ref``)
+    session.keep_finetuned(adapter, model, key, instructions=instructions)
     session.use_finetuned = True
     (session.workdir / ZIP_NAME).unlink(missing_ok=True)  # a download of the model it replaces
 
@@ -322,7 +328,7 @@ def finetune(ctx: AppContext, session: Session, text: str | None, file, column: 
         for p, result in items:
             download = KEEP  # the last good run's download stays until a new model replaces it
             if result is not None:
-                keep_result(session, key, *result)
+                keep_result(session, key, *result, instructions=run.data.kind == "records")
                 download = update(value=None, visible=False)
             yield p.figure(), p.markdown(), p.before, p.after, download
 

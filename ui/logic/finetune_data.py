@@ -5,6 +5,11 @@ given the file is used, and a notice says so. Either is copied to a fixed name i
 private folder: the client's file name is never part of a path (only its extension is read, and checked
 against a list). Sizes are checked before a byte is read. Every refusal is a ``UserError`` naming the data.
 
+Before a run the tab previews the data as training will see it (``preview``): the first instruction records
+formatted with ``gpt2.prompts``, the prompt (not trained on) apart from the answer (trained on). The example
+instruction set (``assets/instructions/``, written for this project) fills the tab in one click (``example``),
+with settings measured on the bundled model.
+
 The fine-tuned model goes out as a .zip in the Hugging Face layout, packed only when the page asks for it
 (``export``): a run keeps its adapter or model in the session, and packing hundreds of MB is slow. The
 .zip is removed ``GPT2_DOWNLOAD_TTL`` seconds after it was last asked for (``ui.budget.DOWNLOADS``).
@@ -12,6 +17,7 @@ The fine-tuned model goes out as a .zip in the Hugging Face layout, packed only 
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import zipfile
@@ -21,7 +27,9 @@ from pathlib import Path
 import gpt2
 import training
 from gpt2.lora import LoRAAdapter, merge_lora
+from gpt2.prompts import format_prompt
 from training.data import RecordSplit
+from training.tokens import read_jsonl
 
 from .. import budget
 from ..context import AppContext
@@ -29,6 +37,7 @@ from ..gpu import ModelRef
 from ..inputs import UserError, clean_text
 from ..session import Session
 from ..updates import Update, update
+from .finetune_plan import BUDGET_SHARE, planned_seconds
 
 EXTENSIONS = (".txt", ".csv", ".jsonl")
 PROMPT_TOKENS = 12  # default sample prompt: this many tokens from the start of the data
@@ -127,6 +136,139 @@ def data_prompt(data: training.PreparedData) -> str:
     else:
         ids = data.token_ids()[:PROMPT_TOKENS]
     return gpt2.get_tokenizer().decode([int(x) for x in ids])
+
+
+# ---------------------------------------------------------------- the preview and the example set
+
+PREVIEW_RECORDS = 3  # instruction records shown before a run
+# How the preview tells the prompt (read, not trained on) from the answer (trained on). Inline styles: the
+# page's CSS belongs to ``ui.layout.page``; Gradio's theme variables keep both colours readable in dark mode.
+_PRE = "white-space: pre-wrap; padding: 0.5em; margin: 0.3em 0; border-radius: 4px;"
+_PROMPT = "color: var(--body-text-color-subdued);"
+_ANSWER = "background: hsla(130, 60%, 45%, 0.28); color: var(--body-text-color); border-radius: 3px;"
+_NOTE = "color: var(--body-text-color-subdued); font-size: 0.9em;"
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "instructions" / "instructions.jsonl"
+EXAMPLE_NAME = "instructions.jsonl"  # its copy in the session's folder, and the name the page shows
+EXAMPLE_QUESTION = "Who are you?"  # the before/after sample: the persona the example set teaches
+
+
+@dataclass(frozen=True)
+class ExampleSettings:
+    """The settings the example set's button sets, measured on the bundled model (see the README)."""
+
+    mode: str
+    learning_rate: float
+    steps: int
+    batch_size: int
+    block_size: int  # every record of the example set fits in this many tokens
+
+
+# Measured with ``finetune`` on the bundled model, greedy chat answers to 11 questions (val loss on the 42
+# held-out records, base model 4.9 on plays): full 1e-3 x 300 steps: val 3.33, 11/11 answers end at
+# <|endoftext|>, "Who are you?" answered as taught; full 2e-3 x 150: val 3.32, 11/11 end, looser answers;
+# LoRA 1e-2 x 300: val 4.60, 0/11 end (it repeats itself); LoRA 5e-3 x 60 (the plain defaults): val 5.37, 0/11.
+EXAMPLE_SETTINGS = ExampleSettings("full", 1e-3, 300, 8, 64)
+EXAMPLE_TOKENS = 40  # a padded example batch: about this many tokens a row (its longest record's length)
+EXAMPLE_FULL_MAX_PARAMS = 20_000_000  # bigger models get LoRA: full fine-tuning of them would barely start in time
+EXAMPLE_LORA_LR = 5e-3  # ``finetune.DEFAULT_LR["LoRA"]`` (that module imports this one)
+# Of the time limit, planned for the example: twice the plain defaults' share, as its steps were measured to
+# be worth it (300 full steps: about 80 s planned, 40-70 s on a calm 2-core CPU); a busier CPU meets the
+# limit, which keeps what was learned.
+EXAMPLE_BUDGET_SHARE = 2 * BUDGET_SHARE
+
+
+def _note(text: str) -> str:
+    return f'<p style="{_NOTE}">{html.escape(text)}</p>'
+
+
+def _records_html(items: list[tuple[str, str, str]]) -> str:
+    """The first instruction records exactly as ``training.tokens`` formats them (``gpt2.prompts``)."""
+    shown = items[:PREVIEW_RECORDS]
+    parts = [f"<p><b>Instruction data: {len(items):,} records.</b> The first {len(shown)}, as training sees them: "
+             f'the loss counts only the <span style="{_ANSWER}">highlighted answer</span> (ending with '
+             f"{html.escape(gpt2.EOT_TOKEN)}); the prompt before it is read but not trained on.</p>"]
+    for instruction, inp, output in shown:
+        prompt = format_prompt(instruction, inp)
+        answer = output.strip() + gpt2.EOT_TOKEN
+        n_prompt, n_answer = len(gpt2.encode(prompt)), len(gpt2.encode(output.strip())) + 1
+        parts.append(f'<pre style="{_PRE}"><span style="{_PROMPT}">{html.escape(prompt)}</span>'
+                     f'<span style="{_ANSWER}">{html.escape(answer)}</span></pre>'
+                     + _note(f"{n_prompt} prompt tokens (not trained on) · {n_answer} answer tokens (trained on)"))
+    return "\n".join(parts)
+
+
+def _pasted_note(text: str) -> str:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if first.lstrip().startswith("{") and '"instruction"' in first:
+        return ("The pasted text looks like instruction records, but pasted text is trained on as plain text, every "
+                "token. Save it as a .jsonl file and upload it to train on the answers only.")
+    return "Plain text: trained on every token."
+
+
+def preview(ctx: AppContext, text: str | None, file) -> str:
+    """HTML: how training will see the data (the file wins over the text, as in a run). Instruction records:
+    the first few formatted, the answer highlighted; other data: a line saying every token is trained on.
+    Nothing is refused here: problems show in the preview, and a run names them again."""
+    if file in (None, ""):
+        return _note(_pasted_note(text)) if text and text.strip() else ""
+    path = Path(file) if isinstance(file, (str, os.PathLike)) else None
+    if path is None or path.suffix.lower() not in EXTENSIONS or not path.is_file():
+        return ""  # a run refuses it, with the reason
+    if os.path.getsize(path) > ctx.caps.max_upload_bytes:
+        return _note(f"The file is over this server's limit of {size_text(ctx.caps.max_upload_bytes)}.")
+    if path.suffix.lower() != ".jsonl":
+        what = "CSV rows" if path.suffix.lower() == ".csv" else "Plain text"
+        return _note(f"{what}: trained on every token.")
+    try:
+        kind, items = read_jsonl(path)
+    except training.DataError as e:
+        return _note("Cannot read the file: " + str(e).replace(str(path), "the uploaded file"))
+    if kind == "text":
+        return _note('Text records ("text"): trained on every token, each ending with <|endoftext|>.')
+    return _records_html(items)
+
+
+def example_settings(ctx: AppContext, base: gpt2.GPT2) -> ExampleSettings:
+    """``EXAMPLE_SETTINGS`` fitted to ``base`` and this server: at most the server's steps and the model's
+    context, and the steps planned (``finetune_plan``) to fit ``EXAMPLE_BUDGET_SHARE`` of the time limit (all
+    300 for the bundled model); a model much bigger than the bundled one gets LoRA instead of full."""
+    s = EXAMPLE_SETTINGS
+    params = base.num_params()
+    mode = s.mode if params <= EXAMPLE_FULL_MAX_PARAMS else "LoRA"
+    lr = s.learning_rate if mode == s.mode else EXAMPLE_LORA_LR
+    steps = min(s.steps, ctx.caps.max_train_steps)
+    while steps > 1 and planned_seconds(params, steps, s.batch_size, EXAMPLE_TOKENS, mode) > \
+            EXAMPLE_BUDGET_SHARE * ctx.caps.max_train_seconds:
+        steps -= 1
+    return ExampleSettings(mode, lr, steps, s.batch_size, min(s.block_size, base.config.block_size))
+
+
+def example(ctx: AppContext, session: Session) -> tuple[str, str, float, int, int, int, str]:
+    """Load the example instruction set: (the file, method, learning rate, steps, batch size, block size,
+    sample prompt). The file is copied into the session's folder, which the page may serve from wherever
+    the server was started."""
+    if not EXAMPLE.is_file():
+        raise UserError("The example instruction set is missing from this server (assets/instructions/).")
+    session.workdir.mkdir(parents=True, exist_ok=True)
+    copy = session.workdir / EXAMPLE_NAME
+    shutil.copyfile(EXAMPLE, copy)
+    s = example_settings(ctx, ctx.base(session.model_key))
+    return (str(copy), s.mode, s.learning_rate, s.steps, s.batch_size, s.block_size,
+            format_prompt(EXAMPLE_QUESTION))
+
+
+def chat_ready(ctx: AppContext, session: Session) -> Update:
+    """The "Chat with it" button: shown while the session has a fine-tuned model."""
+    return update(visible=session.has_finetuned())
+
+
+def chat_with_it(ctx: AppContext, session: Session) -> None:
+    """"Chat with it ›": the session uses its fine-tuned model (as if the header's switch were turned on)
+    before the Chat tab opens, even if the switch was turned back to the base since the run."""
+    if not session.has_finetuned():
+        raise UserError("There is no fine-tuned model in this session yet: fine-tune one first.")
+    session.use_finetuned = True
 
 
 def export_job(model: gpt2.GPT2, adapter: LoRAAdapter | None, workdir: Path) -> Path:
