@@ -31,13 +31,9 @@ from ..inputs import UserError
 from ..session import Session, StopFlag
 from ..updates import KEEP, Update, update
 from .finetune_data import ZIP_NAME, data_prompt, load_data, stage_data
-from .finetune_plan import EVAL_BATCHES, Defaults, defaults, eval_interval, planned_seconds
+from .finetune_plan import DEFAULT_LR, EVAL_BATCHES, Defaults, defaults, eval_interval, planned_seconds
 
 MODES = ("LoRA", "full")
-# Learning rates measured at 60 steps of 8 x 64 tokens on the bundled model (validation loss on 89 kB of
-# English prose, base 9.15): LoRA 3e-3 6.43, 5e-3 6.31, 1e-2 6.20 (unsteady), 3e-2 7.06 (diverges first);
-# full 3e-4 5.99, 1e-3 4.56, 3e-3 4.60.
-DEFAULT_LR = {"LoRA": 5e-3, "full": 1e-3}
 DEFAULT_RANK = 8
 MAX_BATCH = 32
 MIN_BLOCK = 8

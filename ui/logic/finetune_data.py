@@ -37,7 +37,7 @@ from ..gpu import ModelRef
 from ..inputs import UserError, clean_text
 from ..session import Session
 from ..updates import Update, update
-from .finetune_plan import BUDGET_SHARE, planned_seconds
+from .finetune_plan import BUDGET_SHARE, DEFAULT_LR, planned_seconds
 
 EXTENSIONS = (".txt", ".csv", ".jsonl")
 PROMPT_TOKENS = 12  # default sample prompt: this many tokens from the start of the data
@@ -171,7 +171,6 @@ class ExampleSettings:
 EXAMPLE_SETTINGS = ExampleSettings("full", 1e-3, 300, 8, 64)
 EXAMPLE_TOKENS = 40  # a padded example batch: about this many tokens a row (its longest record's length)
 EXAMPLE_FULL_MAX_PARAMS = 20_000_000  # bigger models get LoRA: full fine-tuning of them would barely start in time
-EXAMPLE_LORA_LR = 5e-3  # ``finetune.DEFAULT_LR["LoRA"]`` (that module imports this one)
 # Of the time limit, planned for the example: twice the plain defaults' share, as its steps were measured to
 # be worth it (300 full steps: about 80 s planned, 40-70 s on a calm 2-core CPU); a busier CPU meets the
 # limit, which keeps what was learned.
@@ -236,7 +235,7 @@ def example_settings(ctx: AppContext, base: gpt2.GPT2) -> ExampleSettings:
     s = EXAMPLE_SETTINGS
     params = base.num_params()
     mode = s.mode if params <= EXAMPLE_FULL_MAX_PARAMS else "LoRA"
-    lr = s.learning_rate if mode == s.mode else EXAMPLE_LORA_LR
+    lr = s.learning_rate if mode == s.mode else DEFAULT_LR[mode]
     steps = min(s.steps, ctx.caps.max_train_steps)
     while steps > 1 and planned_seconds(params, steps, s.batch_size, EXAMPLE_TOKENS, mode) > \
             EXAMPLE_BUDGET_SHARE * ctx.caps.max_train_seconds:
