@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .edit import Edit, ablate, patched
-from .quant import QUANTIZATIONS, is_quantized, quantize_int8
-from .weights import load_checkpoint, resolve_device_dtype, save_checkpoint
+from .quant import QUANTIZATIONS, is_quantized, load_int8
+from .weights import load_checkpoint, read_checkpoint, resolve_device_dtype, save_checkpoint
 
 
 class KVCache:
@@ -285,25 +285,44 @@ class GPT2(nn.Module):
         if quantize is not None and quantize not in QUANTIZATIONS:
             raise ValueError(f"quantize must be None or one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
         device, dtype = resolve_device_dtype(device, dtype)
+        if quantize == "int8" or dtype != torch.float32:
+            # tensor by tensor: the whole fp32 checkpoint is never held next to the converted model (gpt2-xl in
+            # 16 GB)
+            config, tensors = read_checkpoint(name_or_dir, expected=cls.state_shapes)
+            with torch.device("meta"):
+                model = cls(config)
+            if quantize == "int8":
+                return load_int8(model, tensors, device, dtype)
+            return model._assign_converted(tensors, device, dtype)
         config, state = load_checkpoint(name_or_dir, expected=cls.state_shapes)
-        if device.type == "cpu" and dtype == torch.float32 and quantize is None:
+        if device.type == "cpu" and dtype == torch.float32:
             # Keep the tied embedding/head matrix column-major: same (V, C) shape, transposed strides.
             # The head then reads it as a contiguous (C, V) matrix, which MKL's batch-1 GEMV streams
             # ~25% faster than a row-major one, and it is 154 MB of the ~500 MB that GPT-2 124M reads
             # per decoded token. (The blocks' weights already arrive so: HF's Conv1D (in, out) seen
             # through .t().) An embedding lookup then gathers a strided row: negligible.
             state["transformer.wte.weight"] = state["transformer.wte.weight"].t().contiguous().t()
-        elif device.type == "cpu" and dtype != torch.float32:
-            # bf16/fp16 matrix products on a CPU take a slow path for transposed weights (20 ms instead of
-            # 0.3 ms for GPT-2's c_attn, measured): store every matrix row-major
-            state = {k: v.contiguous() for k, v in state.items()}
         with torch.device("meta"):
             model = cls(config)  # no random init: every tensor comes from the checkpoint
         model.load_state_dict(state, assign=True)
-        del state  # the model holds the only references now: quantizing frees each fp weight as it goes
+        del state  # the model holds the only references now: ``.to`` frees each old weight as it converts
         model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
-        model = model.to(device=device, dtype=dtype)
-        return (quantize_int8(model) if quantize == "int8" else model).eval()
+        return model.to(device=device, dtype=dtype).eval()
+
+    @torch.no_grad()
+    def _assign_converted(self, tensors, device: torch.device, dtype: torch.dtype) -> GPT2:
+        """Fill this meta-device model from ``(name, tensor)`` pairs, converting each before the next is read."""
+        state = {}
+        for name, t in tensors:
+            t = t.to(device=device, dtype=dtype)
+            # bf16/fp16 matrix products on a CPU take a slow path for transposed weights (20 ms instead of
+            # 0.3 ms for GPT-2's c_attn, measured): store every matrix row-major
+            state[name] = t.contiguous() if device.type == "cpu" else t
+            del t
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+        self.load_state_dict(state, assign=True)
+        self.lm_head.weight = self.transformer.wte.weight  # re-tie after assign
+        return self.eval()
 
     def save_pretrained(self, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (HF layout) atomically; returns the path."""

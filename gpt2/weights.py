@@ -11,12 +11,12 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
@@ -24,7 +24,7 @@ from .files import STALE_TEMP_S, restore_interrupted_save, write_dir_atomically
 
 __all__ = [  # the atomic-write helpers live in gpt2.files; they are imported from here too
     "HUB_MODELS", "CONFIG_FILE", "WEIGHTS_FILE", "STALE_TEMP_S", "CheckpointError", "resolve_device_dtype",
-    "resolve_checkpoint_dir", "load_checkpoint", "save_checkpoint", "write_dir_atomically",
+    "resolve_checkpoint_dir", "load_checkpoint", "read_checkpoint", "save_checkpoint", "write_dir_atomically",
     "restore_interrupted_save",
 ]
 
@@ -133,14 +133,8 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
     return None
 
 
-def load_checkpoint(
-    name_or_dir: str | Path, expected: Callable[[GPTConfig], Mapping[str, torch.Size]]
-) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """Read a checkpoint into a config and a state dict with this package's parameter names.
-
-    ``expected(config)`` gives the parameter names and shapes a model of that config has (``GPT2.state_shapes``);
-    a checkpoint that does not match them is refused with a ``CheckpointError`` naming the differences.
-    """
+def _locate(name_or_dir: str | Path) -> tuple[GPTConfig, Path]:
+    """A checkpoint's config and weights file; a ``CheckpointError`` saying what is wrong with a bad directory."""
     path = resolve_checkpoint_dir(name_or_dir)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file():
@@ -154,34 +148,93 @@ def load_checkpoint(
         config = GPTConfig.from_hf(json.loads(config_path.read_text()))
     except (json.JSONDecodeError, ValueError, TypeError) as e:
         raise CheckpointError(f"{config_path} is not a valid GPT-2 config: {e}") from None
+    return config, weights_path
+
+
+def _unreadable(weights_path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{weights_path} is not a readable safetensors file: {e}")
+
+
+def load_checkpoint(
+    name_or_dir: str | Path, expected: Callable[[GPTConfig], Mapping[str, torch.Size]]
+) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Read a checkpoint into a config and a state dict with this package's parameter names.
+
+    ``expected(config)`` gives the parameter names and shapes a model of that config has (``GPT2.state_shapes``);
+    a checkpoint that does not match them is refused with a ``CheckpointError`` naming the differences.
+    The tensors view a private memory map of the file: pages are read when first used.
+    """
+    config, weights_path = _locate(name_or_dir)
     try:
         raw = load_file(weights_path)
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {e}") from None
-    state = _from_hf_state(raw)
-    _check_state(state, expected(config), weights_path)
+        raise _unreadable(weights_path, e) from None
+    state = {}
+    for key, t in raw.items():
+        name = _our_name(key)
+        if name is not None:
+            state[name] = t.t() if name.endswith(_TRANSPOSED) else t
+    if "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # tied
+    _check_shapes({k: t.shape for k, t in state.items()}, expected(config), weights_path)
     return config, state
 
 
-def _from_hf_state(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF names (with or without ``transformer.``) and Conv1D layout -> our names and layout."""
-    state = {}
-    for key, t in raw.items():
-        if key.endswith(_IGNORED) or key == "lm_head.weight":  # buffers; the head is tied to wte
-            continue
-        name = key if key.startswith("transformer.") else f"transformer.{key}"
-        state[name] = t.t() if name.endswith(_TRANSPOSED) else t
-    if "transformer.wte.weight" in state:
-        state["lm_head.weight"] = state["transformer.wte.weight"]
-    return state
+def read_checkpoint(
+    name_or_dir: str | Path, expected: Callable[[GPTConfig], Mapping[str, torch.Size]]
+) -> tuple[GPTConfig, Iterator[tuple[str, torch.Tensor]]]:
+    """Like ``load_checkpoint``, but the tensors come one at a time, largest first, each read when the iterator
+    gets to it and let go when the caller drops it: a caller that converts and drops each one
+    (``gpt2.quant.load_int8``) never holds the whole file. Names and shapes are checked from the file's
+    header before any tensor is read. The tied head is not yielded: ``lm_head.weight`` is ``transformer.wte.weight``.
+    """
+    config, weights_path = _locate(name_or_dir)
+    try:
+        with safe_open(weights_path, "pt") as f:
+            keys = {name: key for key in f.keys() if (name := _our_name(key)) is not None}
+            shapes = {name: torch.Size(f.get_slice(key).get_shape()) for name, key in keys.items()}
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(weights_path, e) from None
+    shapes = {k: torch.Size(s[::-1]) if k.endswith(_TRANSPOSED) else s for k, s in shapes.items()}
+    if "transformer.wte.weight" in shapes:
+        shapes["lm_head.weight"] = shapes["transformer.wte.weight"]
+    _check_shapes(shapes, expected(config), weights_path)
+    # largest first: the biggest fp32 matrix (the embedding) is then read before the int8 model has grown
+    order = sorted(keys, key=lambda k: shapes[k].numel(), reverse=True)
+    return config, _read_tensors(weights_path, {k: keys[k] for k in order})
 
 
-def _check_state(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Size], where: Path) -> None:
-    """Refuse a state dict whose names or shapes differ from ``expected``, listing (some of) the differences."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(s)}" for k, s in expected.items()
-             if k in state and state[k].shape != s]
+def _read_tensors(path: Path, keys: Mapping[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(our name, tensor in our layout)`` for each of ``keys``, read from ``path`` one at a time.
+
+    Each tensor views a private memory map of the whole file, opened for it alone: the pages it touched
+    are released once it is dropped. (All tensors of one ``safe_open`` share one map, which keeps every page
+    read so far resident until the last of them goes; reading with ``backend="pread"`` copies into
+    malloc'ed memory instead, which glibc keeps fragmented after loading: 2x the int8 model's size, measured.)
+    """
+    for name, key in keys.items():
+        try:
+            with safe_open(path, "pt") as f:
+                t = f.get_tensor(key)
+        except (SafetensorError, OSError) as e:
+            raise _unreadable(path, e) from None
+        yield name, t.t() if name.endswith(_TRANSPOSED) else t
+        del t  # before the next one is read
+
+
+def _our_name(key: str) -> str | None:
+    """An HF name (with or without ``transformer.``) -> ours; None for what is not loaded."""
+    if key.endswith(_IGNORED) or key == "lm_head.weight":  # buffers; the head is tied to wte
+        return None
+    return key if key.startswith("transformer.") else f"transformer.{key}"
+
+
+def _check_shapes(shapes: Mapping[str, torch.Size], expected: Mapping[str, torch.Size], where: Path) -> None:
+    """Refuse names or shapes that differ from ``expected``, listing (some of) the differences."""
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [f"{k} {tuple(shapes[k])} != {tuple(s)}" for k, s in expected.items()
+             if k in shapes and shapes[k] != s]
     if missing or unexpected or wrong:
         parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
                  f"wrong shapes {wrong[:5]}" if wrong else ""]

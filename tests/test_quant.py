@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +13,9 @@ import pytest
 import torch
 
 import gpt2
-from gpt2 import cli
+from gpt2 import cli, quant
 from gpt2.lora import LoRAAdapter, install_lora, merge_lora, use_adapter
-from gpt2.quant import Int8Embedding, Int8Linear, fidelity, quantize_rows
+from gpt2.quant import Int8Embedding, Int8Linear, fidelity, quantize_int8, quantize_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints" / "shakespeare-small"
@@ -159,3 +162,89 @@ def test_fidelity_on_the_bundled_model(quantize, dtype):
     f = fidelity(ref, other, ids)
     assert f.tokens == len(ids) - 1
     assert f.top1_agreement >= 0.98 and f.mean_kl <= 0.005 and abs(f.ppl_change) <= 0.01, f
+
+
+def test_rows_in_blocks_equal_rows_at_once(monkeypatch):
+    """Quantizing a block of rows at a time gives the same bits as the whole matrix in one pass, on a
+    transposed (checkpoint-layout) view too."""
+    w = (torch.randn(48, 101) * torch.linspace(0.01, 3, 101)).t()  # (101, 48), rows of different ranges
+    w[5] = 0  # an all-zero row
+    scales = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # the one-pass formula
+    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    monkeypatch.setattr(quant, "_BLOCK", 7 * 48)  # 7 rows a block: 14 full blocks and a ragged one
+    got_q, got_scales = quantize_rows(w)
+    assert got_q.is_contiguous() and torch.equal(got_q, q) and torch.equal(got_scales, scales)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_loading_equals_quantizing_the_loaded_model(tiny_dir, dtype):
+    """Loading in int8 tensor by tensor gives exactly ``quantize_int8`` of the fp model: same int8 weights,
+    scales, biases and LayerNorms, the head still the embedding's table, nothing left on the meta device."""
+    got = gpt2.GPT2.from_pretrained(tiny_dir, device="cpu", dtype=dtype, quantize="int8")
+    ref = quantize_int8(gpt2.GPT2.from_pretrained(tiny_dir, device="cpu", dtype=dtype))
+    a, b = got.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys()
+    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a), \
+        [k for k in a if not torch.equal(a[k], b[k])]
+    assert got.lm_head.qweight.data_ptr() == got.transformer.wte.qweight.data_ptr()
+    tensors = [*got.parameters(), *got.buffers()]
+    assert not any(t.is_meta or t.requires_grad for t in tensors) and not got.training
+    assert torch.equal(got.lm_head.kernel_scales, ref.lm_head.kernel_scales)
+    assert {type(m) for m in got.modules()} == {type(m) for m in ref.modules()}
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    ("wrong_shape", "wrong shapes"), ("missing_key", "missing"), ("not_safetensors", "not a readable safetensors"),
+    ("truncated", "not a readable safetensors"), ("pickle_only", "pytorch_model.bin.*never loaded"),
+])
+def test_int8_loading_refuses_bad_checkpoints_as_fp32_does(tiny_dir, tmp_path, setup, message):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_dir, d)
+    weights = d / "model.safetensors"
+    if setup == "wrong_shape":
+        (d / "config.json").write_text(json.dumps(json.loads((d / "config.json").read_text()) | {"n_embd": 64}))
+    elif setup == "missing_key":
+        state = load_file(weights)
+        del state["transformer.h.1.mlp.c_fc.weight"]
+        save_file(state, weights)
+    elif setup == "not_safetensors":
+        weights.write_bytes(b"garbage" * 10)
+    elif setup == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    else:
+        weights.rename(d / "pytorch_model.bin")
+    for quantize in (None, "int8"):
+        with pytest.raises(gpt2.CheckpointError, match=message):
+            gpt2.GPT2.from_pretrained(d, device="cpu", quantize=quantize)
+
+
+_PEAK_CHILD = """
+import json, sys, torch
+import gpt2
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key + ":"))
+torch.set_num_threads(1)
+before = status("VmRSS")
+quantize, dtype = (sys.argv[2], None) if sys.argv[2] == "int8" else (None, getattr(torch, sys.argv[2]))
+model = gpt2.GPT2.from_pretrained(sys.argv[1], device="cpu", dtype=dtype, quantize=quantize)
+print(json.dumps({"before": before, "peak": status("VmHWM"),
+                  "model": sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])}))
+"""
+
+
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_loading_never_holds_the_fp32_checkpoint(tmp_path, precision):
+    """The peak resident memory while loading a ~600 MB fp32 checkpoint in int8 or bf16 (a fresh process:
+    VmHWM, which unlike ru_maxrss does not inherit the parent's) stays under the loaded model plus its largest
+    fp32 matrix plus a margin, far below the checkpoint's size (issue 13: reading the whole file first peaked
+    at 2x it in int8, at the fp32 plus the bf16 size in bf16)."""
+    config = gpt2.GPTConfig(n_layer=8, n_head=16, n_embd=1024)
+    ckpt = gpt2.GPT2(config).save_pretrained(tmp_path / "mid")  # random init: 151M parameters, 613 MB
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(ckpt), precision], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    largest_fp32 = config.vocab_size * config.n_embd * 4
+    margin = 100 * 2**20  # small fp tensors, quantize_rows' blocks, allocator slack
+    assert got["peak"] - got["before"] < got["model"] + largest_fp32 + margin, got
