@@ -46,12 +46,15 @@ def test_the_example_set_then_chat_with_it(browser_page):  # noqa: F811 - the fi
     expect(page.get_by_label(s.mode, exact=True)).to_be_checked()
     expect(page.get_by_label("Sample prompt", exact=True)).to_have_value(re.compile(files.EXAMPLE_QUESTION))
     wait_idle(page)
+    planned = int(visible(page.get_by_label("number input for steps", exact=True)).input_value())
+    note = re.compile(rf"{planned} steps of {s.batch_size} × \d+ tokens fit this model")  # not the defaults' note
+    expect(page.get_by_text(note)).to_be_visible()
     steps = STEPS
     if TINY:
         set_slider(page, "steps", STEPS)
         set_slider(page, "batch size", BATCH)
     else:
-        steps = int(visible(page.get_by_label("number input for steps", exact=True)).input_value())
+        steps = planned
     page.get_by_role("button", name="Start fine-tuning", exact=True).click()
     expect(page.get_by_text(f"Finished all {steps} steps.")).to_be_visible(timeout=400_000)
     expect(page.get_by_text(re.compile(r"tokens \(records\)"))).to_be_visible()  # trained as instruction records

@@ -143,7 +143,9 @@ def test_example_fills_the_tab_within_the_servers_limits(ctx):
     assert Path(path).read_bytes() == files.EXAMPLE.read_bytes()
     s = files.EXAMPLE_SETTINGS
     assert (mode, lr, batch) == (s.mode, s.learning_rate, s.batch_size)
-    assert steps == CAPS["max_train_steps"] < s.steps  # the server's limit wins
+    assert steps["value"] == CAPS["max_train_steps"] < s.steps  # the server's limit wins
+    # the slider's note follows the example's settings, not the plain defaults it replaced
+    assert f"{steps['value']} steps of {batch} × {block} tokens" in steps["info"]
     assert block == min(s.block_size, ctx.base(session.model_key).config.block_size)
     assert prompt == format_prompt(files.EXAMPLE_QUESTION)
 
@@ -160,6 +162,7 @@ def test_a_run_on_the_example_then_chat_with_it(ctx):
     session = ctx.new_session()
     assert files.chat_ready(ctx, session)["visible"] is False
     path, mode, lr, steps, batch, block, prompt = files.example(ctx, session)
+    steps = steps["value"]
     outs = list(logic.finetune(ctx, session, text=None, file=path, column="text", mode=mode, steps=steps,
                                learning_rate=lr, batch_size=2, block_size=block, lora_rank=4, sample_prompt=prompt,
                                seed=0))

@@ -58,7 +58,7 @@ def _settings_column(page) -> dict[str, gr.components.Component]:
         "mode": widgets.radio(list(logic.MODES), value="LoRA", label="Method",
                               info="LoRA: a small adapter on the shared model (light); full: every weight of a copy"),
         "steps": widgets.slider(1, ctx.caps.max_train_steps, value=d.steps, step=1, label="steps",
-                                info=logic.steps_info(ctx, d)),
+                                info=logic.steps_info(ctx.caps.max_train_seconds, d.steps, d.batch_size, d.block_size)),
         "learning_rate": widgets.number(logic.DEFAULT_LR["LoRA"], label="learning rate", info="above 0, at most 1",
                                         allowed="Give a number above 0, at most 1."),
         "batch_size": widgets.slider(1, logic.MAX_BATCH, value=d.batch_size, step=1, label="batch size"),

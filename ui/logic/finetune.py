@@ -31,7 +31,7 @@ from ..inputs import UserError
 from ..session import Session, StopFlag
 from ..updates import KEEP, Update, update
 from .finetune_data import ZIP_NAME, data_prompt, load_data, stage_data
-from .finetune_plan import DEFAULT_LR, EVAL_BATCHES, Defaults, defaults, eval_interval, planned_seconds
+from .finetune_plan import DEFAULT_LR, EVAL_BATCHES, Defaults, defaults, eval_interval, planned_seconds, steps_info
 
 MODES = ("LoRA", "full")
 DEFAULT_RANK = 8
@@ -350,7 +350,8 @@ def refit(ctx: AppContext, session: Session, fitted: str | None) -> tuple[Update
         return KEEP, KEEP, KEEP, key, prepare
     base = ctx.base(key)
     d = fitting_defaults(ctx, base)
-    return (update(value=d.steps, info=steps_info(ctx, d)), update(value=d.batch_size),
+    info = steps_info(ctx.caps.max_train_seconds, d.steps, d.batch_size, d.block_size)
+    return (update(value=d.steps, info=info), update(value=d.batch_size),
             update(value=d.block_size, maximum=base.config.block_size, info=block_info(base.config.block_size)),
             key, prepare)
 
@@ -358,11 +359,6 @@ def refit(ctx: AppContext, session: Session, fitted: str | None) -> tuple[Update
 def fitting_defaults(ctx: AppContext, base: gpt2.GPT2) -> Defaults:
     """The default steps, batch and block size for ``base`` on this server (see ``finetune_plan``)."""
     return defaults(base.num_params(), base.config.block_size, ctx.caps.max_train_seconds, ctx.caps.max_train_steps)
-
-
-def steps_info(ctx: AppContext, d: Defaults) -> str:
-    return (f"training stops after {ctx.caps.max_train_seconds} s; {d.steps} steps of {d.batch_size} × "
-            f"{d.block_size} tokens fit this model")
 
 
 def block_info(context: int) -> str:

@@ -37,7 +37,7 @@ from ..gpu import ModelRef
 from ..inputs import UserError, clean_text
 from ..session import Session
 from ..updates import Update, update
-from .finetune_plan import BUDGET_SHARE, DEFAULT_LR, planned_seconds
+from .finetune_plan import BUDGET_SHARE, DEFAULT_LR, planned_seconds, steps_info
 
 EXTENSIONS = (".txt", ".csv", ".jsonl")
 PROMPT_TOKENS = 12  # default sample prompt: this many tokens from the start of the data
@@ -243,18 +243,18 @@ def example_settings(ctx: AppContext, base: gpt2.GPT2) -> ExampleSettings:
     return ExampleSettings(mode, lr, steps, s.batch_size, min(s.block_size, base.config.block_size))
 
 
-def example(ctx: AppContext, session: Session) -> tuple[str, str, float, int, int, int, str]:
-    """Load the example instruction set: (the file, method, learning rate, steps, batch size, block size,
-    sample prompt). The file is copied into the session's folder, which the page may serve from wherever
-    the server was started."""
+def example(ctx: AppContext, session: Session) -> tuple[str, str, float, Update, int, int, str]:
+    """Load the example instruction set: (the file, method, learning rate, steps (with the slider's note about
+    them), batch size, block size, sample prompt). The file is copied into the session's folder, which the page
+    may serve from wherever the server was started."""
     if not EXAMPLE.is_file():
         raise UserError("The example instruction set is missing from this server (assets/instructions/).")
     session.workdir.mkdir(parents=True, exist_ok=True)
     copy = session.workdir / EXAMPLE_NAME
     shutil.copyfile(EXAMPLE, copy)
     s = example_settings(ctx, ctx.base(session.model_key))
-    return (str(copy), s.mode, s.learning_rate, s.steps, s.batch_size, s.block_size,
-            format_prompt(EXAMPLE_QUESTION))
+    steps = update(value=s.steps, info=steps_info(ctx.caps.max_train_seconds, s.steps, s.batch_size, s.block_size))
+    return str(copy), s.mode, s.learning_rate, steps, s.batch_size, s.block_size, format_prompt(EXAMPLE_QUESTION)
 
 
 def chat_ready(ctx: AppContext, session: Session) -> Update:

@@ -77,3 +77,8 @@ def defaults(params: int, context: int, max_seconds: float, max_steps: int) -> D
         if steps >= MIN_DEFAULT_STEPS:
             break
     return Defaults(min(steps, max_steps), batch, block)
+
+
+def steps_info(max_seconds: int, steps: int, batch_size: int, block_size: int) -> str:
+    """The steps slider's note: the server's time limit and the settings planned to fit it."""
+    return f"training stops after {max_seconds} s; {steps} steps of {batch_size} × {block_size} tokens fit this model"
