@@ -294,8 +294,8 @@ class GPT2(nn.Module):
             if quantize == "int8":
                 return load_int8(model, tensors, device, dtype)
             return model._assign_converted(tensors, device, dtype)
-        config, state = load_checkpoint(name_or_dir, expected=cls.state_shapes)
-        if device.type == "cpu" and dtype == torch.float32:
+        config, state = load_checkpoint(name_or_dir, expected=cls.state_shapes)  # fp32 from here on
+        if device.type == "cpu":
             # Keep the tied embedding/head matrix column-major: same (V, C) shape, transposed strides.
             # The head then reads it as a contiguous (C, V) matrix, which MKL's batch-1 GEMV streams
             # ~25% faster than a row-major one, and it is 154 MB of the ~500 MB that GPT-2 124M reads

@@ -153,6 +153,12 @@ def check_supported(device: torch.device) -> None:
                          "load the model with dtype='bfloat16' (or float32) instead") from None
 
 
+def _tie_int8_table(model: nn.Module, q: torch.Tensor, scales: torch.Tensor) -> None:
+    """The token embedding and the output head become one int8 table: still tied, stored once."""
+    model.transformer.wte = Int8Embedding(q, scales)
+    model.lm_head = Int8Linear(q, scales, None)
+
+
 @torch.no_grad()
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Swap ``model``'s linear layers and its tied token embedding / output head for int8 ones, in place
@@ -164,9 +170,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             setattr(model.get_submodule(parent), attr, Int8Linear.from_linear(module))
     wte = model.transformer.wte
     q, scales = quantize_rows(wte.weight)
-    scales = scales.to(wte.weight.dtype)
-    model.transformer.wte = Int8Embedding(q, scales)
-    model.lm_head = Int8Linear(q, scales, None)  # the same int8 table: still tied, stored once
+    _tie_int8_table(model, q, scales.to(wte.weight.dtype))
     for t in [*model.parameters(), *model.buffers()]:
         # own copies of the small tensors left (biases, LayerNorms, positions): a view into a loaded
         # checkpoint's storage would keep all of it, fp32 matrices included, resident (6 GB for gpt2-xl)
@@ -195,9 +199,7 @@ def load_int8(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], dev
         else:
             rest[name] = t
         del t  # the fp matrix goes before the next one is read
-    q, scales = quantized.pop("transformer.wte")
-    model.transformer.wte = Int8Embedding(q, scales)
-    model.lm_head = Int8Linear(q, scales, None)  # the same int8 table: still tied, stored once
+    _tie_int8_table(model, *quantized.pop("transformer.wte"))
     for module, (q, scales) in quantized.items():
         parent, _, attr = module.rpartition(".")
         setattr(model.get_submodule(parent), attr, Int8Linear(q, scales, rest.pop(f"{module}.bias")))

@@ -193,6 +193,17 @@ def test_int8_loading_equals_quantizing_the_loaded_model(tiny_dir, dtype):
     assert {type(m) for m in got.modules()} == {type(m) for m in ref.modules()}
 
 
+def test_bf16_loading_tensor_by_tensor_equals_converting_the_fp32_model(tiny_dir):
+    """bf16 on a CPU, loaded one tensor at a time: the fp32 model's values rounded to bf16, every tensor
+    row-major (a transposed bf16 matrix product takes a slow path on a CPU), the head still the embedding."""
+    got = gpt2.GPT2.from_pretrained(tiny_dir, device="cpu", dtype=torch.bfloat16)
+    ref = gpt2.GPT2.from_pretrained(tiny_dir, device="cpu").to(torch.bfloat16)
+    a, b = got.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys() and all(a[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)
+    assert all(t.is_contiguous() for t in got.parameters())
+    assert got.lm_head.weight is got.transformer.wte.weight and not got.training
+
+
 @pytest.mark.parametrize(("setup", "message"), [
     ("wrong_shape", "wrong shapes"), ("missing_key", "missing"), ("not_safetensors", "not a readable safetensors"),
     ("truncated", "not a readable safetensors"), ("pickle_only", "pytorch_model.bin.*never loaded"),
