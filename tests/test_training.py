@@ -184,6 +184,36 @@ def test_compact_vocab_loss_equals_the_expanded_model(text, tmp_path):
     assert compact == pytest.approx(full, rel=1e-5)
 
 
+@pytest.mark.parametrize("init", [True, False])
+def test_the_shared_row_starts_with_the_probability_of_one_token(text, tmp_path, init):
+    """A new compact model gives the tokens it does not train on, together, about the probability of one
+    used token (``init_shared_row``); GPT-2's plain init gives them most of it."""
+    data = prepare_data(text, 32, cache_dir=tmp_path / "c")
+    subset = VocabSubset.from_ids(data.token_ids())
+    small = tiny_model(vocab_size=subset.size)
+    if init:
+        subset.init_shared_row(small)
+    x, _ = data.map_tokens(subset.table).train.sample(4, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = subset.expand(small)(torch.from_numpy(subset.used)[x])
+    p_unused = 1 - logits.softmax(-1)[..., torch.from_numpy(subset.used)].sum(-1)  # (B, T)
+    if init:
+        assert float(p_unused.mean()) < 20 / subset.size  # one token's share, give or take the init's spread
+    else:
+        assert float(p_unused.mean()) > 0.5
+
+
+@pytest.mark.parametrize("repeats", [0.5, 0.0])
+def test_a_compact_run_with_repeats_starts_from_the_shared_row_init(text, tmp_path, repeats):
+    """Runs that mix in repeated tokens (to learn copying) start the shared row low; plain compact runs keep
+    GPT-2's init, whose first loss pays for the shared row's share."""
+    cfg = TrainConfig(steps=1, batch_size=4, eval_batches=1)
+    first = next(iter(pretrain(text, tmp_path / "run", model_config=TINY, train=cfg, cache_dir=str(tmp_path / "c"),
+                               plot="none", compact_vocab=True, repeat_fraction=repeats)))
+    used = len(VocabSubset.from_ids(prepare_data(text, 32, cache_dir=tmp_path / "c").token_ids()).used)
+    assert (first.train_loss < math.log(used) + 0.5) == bool(repeats), first.train_loss  # vs uniform over used
+
+
 def test_resume_continues_the_same_curve(text, tmp_path):
     kw = dict(model_config=GPTConfig.preset("tiny", block_size=32, dropout=0.1),  # dropout: the RNG matters
               train=TrainConfig(steps=6, batch_size=2, lr=3e-3, warmup_steps=2, eval_interval=2, eval_batches=2),

@@ -55,3 +55,14 @@ def test_eval_line_without_accuracy():
     rec = StepRecord(step=3, steps=9, train_loss=2.5, lr=1e-3, grad_norm=1.0, tokens=9, tokens_per_s=1.0,
                      elapsed_s=1.0, eta_s=2.0, val_loss=2.25, best=True)  # e.g. a record from an older log
     assert runlog.eval_line(rec) == "step 3: train 2.5000  val 2.2500  (best so far)"
+
+
+@pytest.mark.parametrize("fraction", ["1", "-0.5"])
+def test_a_repeat_fraction_outside_0_1_is_refused(tmp_path, main, capsys, fraction):
+    text = tmp_path / "plays.txt"
+    text.write_text(words(50))
+    args = ["pretrain", "--data", str(text), "--out", str(tmp_path / "run"), "--steps", "1", "--repeat-fraction",
+            fraction, "--cache-dir", str(tmp_path / "c"), *TINY]
+    assert main(args) == 2
+    assert f"error: repeat_fraction must be in [0, 1), got {float(fraction)}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--compact-vocab", action="store_true",
                    help="train only the tokens the training split uses (the rest share one row); exact for the "
                         "saved full-vocabulary model and several times cheaper on small corpora")
+    m.add_argument("--repeat-fraction", type=float, default=0.0, metavar="FRACTION",
+                   help="share of each training batch made of random tokens repeating with a random period "
+                        "(4 to 64 tokens): the copying signal induction heads learn from; validation stays the text "
+                        "(default 0)")
     fin = sub.add_parser("finetune", help="fine-tune a pretrained model (fully, or LoRA with --lora-rank)")
     fin.add_argument("--model", default="gpt2", help="hub name (gpt2, distilgpt2 ...) or checkpoint directory")
     _add_common(fin, steps=300, batch=4, lr=None, block="the model's context, at most 256")
@@ -133,7 +137,7 @@ def run_args(a: argparse.Namespace, argv: list[str]) -> RunArgs:
         shape = GPTConfig(block_size=a.block_size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
                           dropout=a.dropout)
         return RunArgs("pretrain", a.data, train, block_size=a.block_size, model_config=asdict(shape),
-                       compact_vocab=a.compact_vocab, **common)
+                       compact_vocab=a.compact_vocab, repeat_fraction=a.repeat_fraction, **common)
     return RunArgs("finetune", a.data, train, block_size=a.block_size, model=a.model, lora=lora, **common)
 
 

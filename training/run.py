@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -48,6 +49,7 @@ from . import runlog
 from .data import MappedSplit, PreparedData, prepare_data
 from .lora import LoRAAdapter, LoRAConfig, LoRAModel, load_adapter, merge_lora, save_adapter
 from .plot import write_loss_plot
+from .repeats import RepeatSplit
 from .trainer import StepRecord, StopEvent, TrainConfig, Trainer
 from .vocab import CompactVocabModel, VocabSubset
 
@@ -77,6 +79,7 @@ class RunArgs:
     cache_dir: str | None = None
     device: str | None = None  # None: CUDA when available, else CPU
     compact_vocab: bool = False  # pretrain: train only the used tokens (exact; see training.vocab)
+    repeat_fraction: float = 0.0  # pretrain: share of each batch that is repeated random tokens (training.repeats)
     save_dtype: str = "fp32"  # dtype of the best model's weights ("fp32", "fp16", "bf16"); last/ is fp32
     plot: str = "inline"  # loss plot: "inline" (offline HTML), "cdn" (small HTML) or "none"
     command: str = ""  # the command line that started the run, if any
@@ -88,6 +91,10 @@ class RunArgs:
             raise ValueError(f"save_dtype must be one of {', '.join(_DTYPES)}, got {self.save_dtype!r}")
         if self.compact_vocab and self.mode != "pretrain":
             raise ValueError("a compact vocabulary is for pretraining only (a pretrained model has its own)")
+        if not 0.0 <= self.repeat_fraction < 1.0:
+            raise ValueError(f"repeat_fraction must be in [0, 1), got {self.repeat_fraction}")
+        if self.repeat_fraction and self.mode != "pretrain":
+            raise ValueError("repeated random tokens are for pretraining only (repeat_fraction must be 0)")
         if self.plot not in ("inline", "cdn", "none"):
             raise ValueError(f"plot must be 'inline', 'cdn' or 'none', got {self.plot!r}")
 
@@ -236,13 +243,18 @@ def _build(args: RunArgs, device: torch.device, given: GPT2 | None, last: Path |
             subset = _load_subset(last) if last is not None else VocabSubset.from_ids(data.token_ids())
             data = data.map_tokens(subset.table)
             log.info("compact vocabulary: %d used tokens + 1 shared row", subset.size - 1)
+        if args.repeat_fraction:
+            data = _with_repeats(data, args.repeat_fraction, subset)
         if last is not None:
             return _Job(GPT2.from_pretrained(last, device=device, dtype=torch.float32).requires_grad_(True),
                         subset=subset), data
         shape = dict(args.model_config, vocab_size=subset.size if subset else args.model_config["vocab_size"])
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(args.train.seed)
-            return _Job(GPT2(GPTConfig(**shape)).to(device), subset=subset), data
+            model = GPT2(GPTConfig(**shape))
+            if subset is not None and args.repeat_fraction:  # copying forms several times faster (training.vocab)
+                subset.init_shared_row(model)
+            return _Job(model.to(device), subset=subset), data
     if last is not None and args.lora is None:
         base = GPT2.from_pretrained(last, device=device, dtype=torch.float32)
     else:
@@ -256,6 +268,17 @@ def _build(args: RunArgs, device: torch.device, given: GPT2 | None, last: Path |
     if last is not None:
         return _Job(base, load_adapter(last / ADAPTER_DIR, base)), data
     return _Job(base, LoRAAdapter(base, args.lora, seed=args.train.seed)), data
+
+
+def _with_repeats(data: PreparedData, fraction: float, subset: VocabSubset | None) -> PreparedData:
+    """``data`` whose training batches mix in repeated random tokens of the vocabulary the model trains on
+    (a compact model's used rows, never its shared row; else the training split's tokens)."""
+    if data.kind != "stream":
+        raise ValueError("repeated random tokens mix into a text stream, not instruction records")
+    vocab = np.arange(subset.other) if subset is not None else np.unique(data.token_ids())
+    split = RepeatSplit(data.train, vocab, fraction, data.block_size)
+    log.info("%.0f%% of each batch: random tokens repeating every %d to %d tokens", 100 * fraction, *split.periods)
+    return replace(data, train=split)
 
 
 def _claim(out: Path, overwrite: bool) -> None:

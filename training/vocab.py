@@ -35,6 +35,7 @@ from gpt2 import EOT_ID, GPT2
 from .data import IGNORE_INDEX
 
 FULL_VOCAB = 50257
+SHARED_INIT_SCALE = 5.0  # norm of ln_f's initial bias in ``init_shared_row``
 
 
 class VocabSubset:
@@ -66,6 +67,24 @@ class VocabSubset:
     def log_other(self) -> float:
         """Logit offset of the shared row: it stands for this many tokens."""
         return math.log(self.full_size - len(self.used))
+
+    @torch.no_grad()
+    def init_shared_row(self, model: GPT2, scale: float = SHARED_INIT_SCALE) -> None:
+        """Start a new compact ``model`` with the shared row's logit near ``-log_other`` instead of 0.
+
+        At GPT-2's init every logit is about 0, so the shared row, standing for ``V - n_used`` tokens, starts
+        with most of the probability (39k of 50k tokens for tinyshakespeare), and training first has to push
+        it down through the tied embedding and the final LayerNorm. In a toy copying task (64 words, 2 layers,
+        600 steps) that detour left the copied tokens at 3.7 nats instead of 0.6. With ``ln_f``'s bias set to
+        ``scale * u`` and the shared row to ``-(log_other / scale) * u`` for a random unit ``u``, the shared
+        logit starts at ``-log_other`` (give or take ``log_other / scale``) and the used tokens' logits barely
+        move. On plain tinyshakespeare it cost 0.06 nats of validation loss after 400 steps, so runs use it
+        only when they mix in repeated tokens (``training.repeats``)."""
+        C = model.config.n_embd
+        u = torch.randn(C, device=model.device)
+        u /= u.norm()
+        model.transformer.ln_f.bias.copy_(scale * u)
+        model.transformer.wte.weight[self.other] = -(self.log_other / scale) * u
 
     @torch.no_grad()
     def expand(self, model: GPT2) -> GPT2:
