@@ -18,6 +18,7 @@ they meant before; the training loss mixes both kinds of window.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -71,6 +72,6 @@ class RepeatSplit:
         rx, ry = self.repeats(n, gen)
         return (rx, ry) if x is None else (torch.cat([x, rx]), torch.cat([y, ry]))
 
-    def eval_batches(self, *args, **kwargs):
+    def eval_batches(self, batch_size: int, max_batches: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """The split's own windows: evaluation never sees the repeats."""
-        return self.split.eval_batches(*args, **kwargs)
+        return self.split.eval_batches(batch_size, max_batches, rank, world)
