@@ -214,6 +214,13 @@ def test_a_compact_run_with_repeats_starts_from_the_shared_row_init(text, tmp_pa
     assert (first.train_loss < math.log(used) + 0.5) == bool(repeats), first.train_loss  # vs uniform over used
 
 
+def test_the_cache_directory_may_be_a_path(text, tmp_path):
+    cfg = TrainConfig(steps=1, batch_size=2, eval_batches=1)
+    list(pretrain(text, tmp_path / "run", model_config=TINY, train=cfg, cache_dir=tmp_path / "c", plot="none"))
+    assert json.loads((tmp_path / "run" / "training_args.json").read_text())["cache_dir"] == str(tmp_path / "c")
+    assert list(resume(tmp_path / "run", steps=2))[-1].step == 2
+
+
 def test_resume_continues_the_same_curve(text, tmp_path):
     kw = dict(model_config=GPTConfig.preset("tiny", block_size=32, dropout=0.1),  # dropout: the RNG matters
               train=TrainConfig(steps=6, batch_size=2, lr=3e-3, warmup_steps=2, eval_interval=2, eval_batches=2),

@@ -95,6 +95,8 @@ class RunArgs:
             raise ValueError(f"repeat_fraction must be in [0, 1), got {self.repeat_fraction}")
         if self.repeat_fraction and self.mode != "pretrain":
             raise ValueError("repeated random tokens are for pretraining only (repeat_fraction must be 0)")
+        if self.cache_dir is not None:
+            self.cache_dir = str(self.cache_dir)  # a Path is welcome; training_args.json holds strings
         if self.plot not in ("inline", "cdn", "none"):
             raise ValueError(f"plot must be 'inline', 'cdn' or 'none', got {self.plot!r}")
 
