@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "saved full-vocabulary model and several times cheaper on small corpora")
     m.add_argument("--repeat-fraction", type=float, default=0.0, metavar="FRACTION",
                    help="share of each training batch made of random tokens repeating with a random period "
-                        "(4 to 64 tokens): the copying signal induction heads learn from; validation stays the text "
-                        "(default 0)")
+                        "(4 to 64 tokens, at most a quarter of the block): the copying signal induction heads "
+                        "learn from; validation stays the text (default 0)")
     fin = sub.add_parser("finetune", help="fine-tune a pretrained model (fully, or LoRA with --lora-rank)")
     fin.add_argument("--model", default="gpt2", help="hub name (gpt2, distilgpt2 ...) or checkpoint directory")
     _add_common(fin, steps=300, batch=4, lr=None, block="the model's context, at most 256")

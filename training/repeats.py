@@ -54,23 +54,19 @@ class RepeatSplit:
         """``n`` windows of ``block_size`` tokens (and their next tokens), each repeating its own random
         tokens with its own period."""
         lo, hi = self.periods
-        span = torch.rand(n, generator=gen) * math.log(hi / lo)
-        period = (lo * span.exp()).long().clamp(lo, hi)  # (n,) log-uniform in [lo, hi]
-        pos = torch.arange(self.block_size + 1)
-        rows = []
-        for p in period.tolist():
-            first = self.vocab[torch.randint(len(self.vocab), (p,), generator=gen)]
-            rows.append(first[pos % p])
-        w = torch.stack(rows)  # (n, block_size + 1)
+        span = torch.rand(n, generator=gen) * math.log((hi + 1) / lo)
+        period = (lo * span.exp()).long().clamp(lo, hi)  # (n,) log-uniform over lo..hi
+        tokens = self.vocab[torch.randint(len(self.vocab), (n, hi), generator=gen)]  # (n, hi): each uses its first p
+        w = tokens.gather(1, torch.arange(self.block_size + 1) % period[:, None])  # (n, block_size + 1)
         return w[:, :-1], w[:, 1:]
 
     def sample(self, batch_size: int, gen: torch.Generator) -> Batch:
         n = round(batch_size * self.fraction)
-        x, y = self.split.sample(batch_size - n, gen) if n < batch_size else (None, None)
-        if n == 0:
-            return x, y
-        rx, ry = self.repeats(n, gen)
-        return (rx, ry) if x is None else (torch.cat([x, rx]), torch.cat([y, ry]))
+        parts = [self.split.sample(batch_size - n, gen)] if n < batch_size else []
+        if n:
+            parts.append(self.repeats(n, gen))
+        x, y = zip(*parts, strict=True)
+        return torch.cat(x), torch.cat(y)
 
     def eval_batches(self, batch_size: int, max_batches: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """The split's own windows: evaluation never sees the repeats."""
