@@ -3,7 +3,9 @@ strings, ready for a figure builder or a terminal; none keeps state or changes t
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 
 from .model import GPT2, Trace
-from .tokenizer import EOT_ID, token_display
+from .tokenizer import EOT_ID, get_tokenizer, token_display
 
 # Positions read out through the final LayerNorm and head at once. A request then holds (CHUNK, vocab)
 # fp32 logits and their softmax, ~26 MB each for GPT-2, instead of (tokens, vocab) (200 MB at 1,024 tokens).
@@ -166,24 +168,34 @@ def repeated_tokens(length: int = 50, seed: int = 0, vocab_size: int = 50257,
 
 PROBE_RANGE = (1000, 20000)  # common-ish tokens: most models have seen them
 _ROWS = 8192  # embedding rows read at a time by ``probe_pool`` (an int8 table dequantizes only these)
+_WORD = re.compile(rb" [A-Za-z]+")
+
+
+@functools.lru_cache(maxsize=1)
+def word_ids() -> np.ndarray:
+    """The ids in ``PROBE_RANGE`` that are a space and a word (" king"). Any sequence of them decodes to a text
+    that encodes back to the same ids, so a probe made of them is the same tokens once shown and read back;
+    other tokens glue to their neighbours ("ENT" after " looks") and come back as other tokens."""
+    enc = get_tokenizer()
+    return np.array([i for i in range(*PROBE_RANGE) if _WORD.fullmatch(enc.decode_single_token_bytes(i))])
 
 
 @torch.no_grad()
 def probe_pool(model: GPT2) -> np.ndarray:
-    """The ids in ``PROBE_RANGE`` whose embedding row no other token shares. A compact-vocabulary model
+    """The word tokens (``word_ids``) whose embedding row no other token shares. A compact-vocabulary model
     (``training.vocab``) gives every token it never saw one shared row: such tokens look alike to it, so it
-    cannot copy them and a probe made of them shows no induction. Falls back to the whole range when fewer
-    than 100 tokens are distinct (a model that saw almost nothing)."""
+    cannot copy them and a probe made of them shows no induction. Falls back to every word token when fewer
+    than 100 are distinct (a model that saw almost nothing)."""
     wte = model.transformer.wte
     gen = torch.Generator(device=model.device).manual_seed(0)
     r = torch.randn(wte.embedding_dim, 1, generator=gen, device=model.device, dtype=torch.float64)
     proj = torch.cat([wte(torch.arange(i, min(i + _ROWS, wte.num_embeddings), device=model.device)).double() @ r
                       for i in range(0, wte.num_embeddings, _ROWS)])[:, 0].cpu().numpy()  # (V,) a row's fingerprint
     _, inverse, counts = np.unique(proj, return_inverse=True, return_counts=True)
-    low, high = PROBE_RANGE[0], min(wte.num_embeddings, PROBE_RANGE[1])
-    ids = np.arange(low, high)
-    distinct = ids[counts[inverse[low:high]] == 1]
-    return distinct if len(distinct) >= 100 else ids
+    words = word_ids()
+    words = words[words < wte.num_embeddings]
+    distinct = words[counts[inverse[words]] == 1]
+    return distinct if len(distinct) >= 100 else words
 
 
 def repeated_probe(model: GPT2, length: int, seed: int) -> list[int]:

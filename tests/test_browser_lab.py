@@ -72,6 +72,38 @@ def test_knocking_out_heads_in_a_real_browser(browser_page, tmp_path):  # noqa: 
     assert (tmp_path / "lab_ablate.png").stat().st_size > 10_000
 
 
+def test_the_induction_demo_loses_the_second_copy_without_its_induction_heads(browser_page, tmp_path):  # noqa: F811
+    """The bundled induction demo on repeated random tokens, its top induction heads knocked out (the preset):
+    the summary shows the second copy's loss jump (screenshot ``lab_induction``)."""
+    page, errors = browser_page
+    picker = page.get_by_role("combobox", name="Model")
+    picker.click()
+    page.get_by_role("option", name=re.compile("induction-demo")).click()
+    expect(picker).to_have_value(re.compile("induction-demo"))
+    wait_idle(page)
+    _section(page, "Knock out heads")
+    wait_idle(page)
+    preset = visible(page.get_by_label("preset", exact=True))
+    preset.click()
+    page.get_by_role("option", name="top 3 induction heads", exact=True).click()
+    text = page.locator("#ablate-text textarea")
+    before = text.input_value()
+    visible(page.get_by_role("button", name="use repeated random tokens", exact=True)).click()  # this model's probe
+    expect(text).not_to_have_value(before)
+    wait_idle(page)
+    set_slider(page, "max new tokens", 12)
+    visible(page.get_by_role("button", name="Knock out and compare", exact=True)).click()
+    summary = page.locator("#ablate-summary")
+    expect(summary).to_contain_text("Second copy", timeout=3 * TIMEOUT_MS)
+    rise = re.search(r"Second copy of the repeated text: ([\d.]+) → ([\d.]+) nats", summary.inner_text())
+    assert rise and float(rise.group(2)) - float(rise.group(1)) >= 2.0, summary.inner_text()
+    wait_idle(page)
+    wait_for_plot(page, "loss per token")
+    no_error_toast(page)
+    shoot(page, "lab_induction", _folders(tmp_path))
+    assert not errors
+
+
 def test_the_attention_tab_sends_its_head_to_the_lab(browser_page):  # noqa: F811 - the fixture
     page, errors = browser_page
     _section(page, "Attribution")  # the Lab left on another tool: the link must bring its section back

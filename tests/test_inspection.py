@@ -139,8 +139,18 @@ def test_the_probe_draws_only_tokens_with_their_own_embedding_row(tiny_model, qu
     if quantize:
         model = gpt2.quant.quantize_int8(model)
     pool = inspection.probe_pool(model)
-    assert pool.tolist() == list(range(1000, 5000))
+    words = inspection.word_ids()
+    assert pool.tolist() == words[words < 5000].tolist()
     ids = inspection.repeated_probe(model, 30, seed=3)
     assert ids[:30] == ids[30:] and set(ids) <= set(pool.tolist())
     assert inspection.repeated_probe(model, 30, seed=3) == ids  # the seed decides
-    assert len(inspection.probe_pool(tiny_model)) == 19000  # every row distinct: the whole range
+    assert len(inspection.probe_pool(tiny_model)) == len(words)  # every row distinct: every word token
+
+
+def test_a_probe_of_word_tokens_reads_back_as_the_same_tokens():
+    """Shown as text and typed back (or sent to the API), the probe is still the tokens drawn."""
+    words = inspection.word_ids()
+    assert 10_000 < len(words) < 19_000 and all(gpt2.get_tokenizer().decode([i])[0] == " " for i in words[:: 500])
+    for seed in range(50):
+        ids = inspection.repeated_tokens(50, seed, pool=words)
+        assert gpt2.encode(gpt2.get_tokenizer().decode(ids)) == ids

@@ -1,11 +1,13 @@
 """ui.logic.ablation: the Lab's "Knock out heads" as plain functions on tiny random models (no browser).
 
-The tiny models have no induction heads, so the induction effect itself (the second copy of a repeated
-text getting harder once the induction heads are gone) is not tested here: the mechanism is, against a
-direct computation with ``gpt2.Edit``.
+The tiny models have no induction heads, so the mechanism is tested on them against a direct computation
+with ``gpt2.Edit``, and the induction effect itself (the second copy of a repeated text getting harder once
+the induction heads are gone) on the bundled ``induction-demo``, which has them.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +181,29 @@ def test_the_probe_fits_the_cap_and_the_context(ctx, session, model):
     ref = ctx.ref(session)
     assert logic.probe_text(ctx, ref, 1) == logic.probe_text(ctx, ref, 1)
 
+
+
+DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "induction-demo"
+
+
+@pytest.fixture(scope="module")
+def demo_ctx():
+    return make_ctx(DEMO)
+
+
+@pytest.mark.parametrize("seed", [logic.EXAMPLE_SEED, 2, 3])
+def test_knocking_out_the_demo_models_induction_heads_raises_the_second_copys_loss(demo_ctx, seed):
+    """The bundled induction demo on the probe the section starts with: its top induction heads (the preset)
+    carry the copying, so knocking them out makes the second copy much harder and the first barely changes."""
+    session = demo_ctx.new_session()
+    ref = demo_ctx.ref(session)
+    ids = gpt2.encode(logic.probe_text(demo_ctx, ref, seed))
+    half = logic.repeated_half(ids)
+    assert half is not None and half >= 20
+    heads = logic.preset_heads(demo_ctx, session, logic.TOP_INDUCTION)
+    scored = demo_ctx.gpu.call(logic.score_job, ref, ids, heads, "zero")
+    second = float(scored.loss_before[half + 1:].mean())
+    rise_second = float(scored.loss_after[half + 1:].mean()) - second
+    rise_first = float(scored.loss_after[:half].mean() - scored.loss_before[:half].mean())
+    assert second < float(scored.loss_before[:half].mean()) - 2.0  # it copies: the second copy is easy
+    assert rise_second >= 2.0 and rise_first < rise_second / 2, (rise_second, rise_first)

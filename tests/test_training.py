@@ -184,6 +184,24 @@ def test_compact_vocab_loss_equals_the_expanded_model(text, tmp_path):
     assert compact == pytest.approx(full, rel=1e-5)
 
 
+def test_compact_min_count_sends_rare_tokens_to_the_shared_row(text, tmp_path):
+    """Tokens seen fewer than ``min_count`` times share the unused row (in training too), ``<|endoftext|>`` stays,
+    and the compact loss is still exactly the expanded model's."""
+    data = prepare_data(text, 32, cache_dir=tmp_path / "c")
+    counts = np.bincount(data.token_ids(), minlength=50257)
+    subset = VocabSubset.from_ids(data.token_ids(), min_count=3)
+    assert set(subset.used.tolist()) == set(np.flatnonzero(counts >= 3).tolist()) | {50256}
+    assert len(subset.used) < len(VocabSubset.from_ids(data.token_ids()).used)
+    rare = np.flatnonzero((counts > 0) & (counts < 3))
+    assert (subset.table[torch.from_numpy(rare)] == subset.other).all()
+    mapped = data.map_tokens(subset.table)
+    small = tiny_model(vocab_size=subset.size)
+    cfg = TrainConfig(steps=3, batch_size=4, lr=3e-3, eval_batches=0)
+    list(Trainer(CompactVocabModel(small, subset), mapped, cfg).run())
+    compact = Trainer(CompactVocabModel(small, subset), mapped, cfg).evaluate().loss
+    assert compact == pytest.approx(Trainer(subset.expand(small), data, cfg).evaluate().loss, rel=1e-5)
+
+
 @pytest.mark.parametrize("init", [True, False])
 def test_the_shared_row_starts_with_the_probability_of_one_token(text, tmp_path, init):
     """A new compact model gives the tokens it does not train on, together, about the probability of one

@@ -66,3 +66,29 @@ def test_a_repeat_fraction_outside_0_1_is_refused(tmp_path, main, capsys, fracti
     assert main(args) == 2
     assert f"error: repeat_fraction must be in [0, 1), got {float(fraction)}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--compact-min-count", "3"], "compact_min_count must be >= 1 and needs compact_vocab above 1, got 3"),
+    (["--compact-vocab", "--compact-min-count", "0"], "compact_min_count must be >= 1"),
+    (["--repeat-fraction", "0.5", "--repeat-periods", "9", "3"], "repeat periods must be 1 <= shortest <= longest"),
+])
+def test_bad_vocabulary_and_repeat_flags_are_refused(tmp_path, main, capsys, flags, message):
+    text = tmp_path / "plays.txt"
+    text.write_text(words(50))
+    args = ["pretrain", "--data", str(text), "--out", str(tmp_path / "run"), "--steps", "1", *flags,
+            "--cache-dir", str(tmp_path / "c"), *TINY]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_compact_min_count_and_repeat_periods_reach_the_run(tmp_path, main):
+    text, out = tmp_path / "plays.txt", tmp_path / "run"
+    text.write_text(words(150))
+    args = ["pretrain", "--data", str(text), "--out", str(out), "--steps", "1", "--compact-vocab",
+            "--compact-min-count", "4", "--repeat-fraction", "0.5", "--repeat-periods", "2", "4",
+            "--cache-dir", str(tmp_path / "c"), *TINY]
+    assert main(args) == 0
+    saved = json.loads((out / "training_args.json").read_text())
+    assert saved["compact_min_count"] == 4 and saved["repeat_periods"] == [2, 4]

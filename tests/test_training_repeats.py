@@ -51,6 +51,22 @@ def test_periods_fit_the_window():
     assert periods(8) == (2, 2)
 
 
+def test_the_period_range_is_chosen(text, tmp_path):
+    """Long periods only (``--repeat-periods 16 64``): copying by position alone no longer pays."""
+    data = prepare_data(text, 256, cache_dir=tmp_path / "c")
+    split = RepeatSplit(data.train, np.arange(50), 0.5, 256, (16, 64))
+    assert split.periods == (16, 64) and periods(32, (16, 64)) == (8, 8)
+    x, y = split.repeats(16, torch.Generator().manual_seed(0))
+    found = [_period(torch.cat([row_x, row_y[-1:]])) for row_x, row_y in zip(x, y, strict=True)]
+    assert all(16 <= p <= 64 for p in found) and len(set(found)) > 4
+
+
+@pytest.mark.parametrize("bad", [(0, 4), (8, 4)])
+def test_a_bad_period_range_is_refused(bad):
+    with pytest.raises(ValueError, match="repeat periods must be 1 <= shortest <= longest"):
+        RunArgs("pretrain", "x.txt", repeat_fraction=0.5, repeat_periods=bad)
+
+
 def test_evaluation_sees_only_the_text(text, tmp_path):
     data = prepare_data(text, 32, cache_dir=tmp_path / "c")
     split = RepeatSplit(data.train, np.arange(10), 0.5, 32)
@@ -88,9 +104,10 @@ def test_a_run_trains_on_the_mix_and_resumes_with_it(text, tmp_path, compact):
     out = tmp_path / "run"
     kw = dict(model_config=TINY, cache_dir=str(tmp_path / "c"), plot="none", compact_vocab=compact)
     stop = threading.Event()
-    for _ in pretrain(text, out, train=cfg, repeat_fraction=0.5, stop_event=stop, **kw):
+    for _ in pretrain(text, out, train=cfg, repeat_fraction=0.5, repeat_periods=(2, 6), stop_event=stop, **kw):
         stop.set()  # seen after the next step: the run stops at step 2
-    assert json.loads((out / "training_args.json").read_text())["repeat_fraction"] == 0.5
+    saved = json.loads((out / "training_args.json").read_text())
+    assert saved["repeat_fraction"] == 0.5 and saved["repeat_periods"] == [2, 6]
     rest = list(resume(out))
     assert [r.step for r in rest] == [3, 4] and all(np.isfinite(r.train_loss) for r in rest)
     plain = list(pretrain(text, tmp_path / "plain", train=cfg, **kw))

@@ -25,6 +25,7 @@ from gpt2.weights import CheckpointError
 from . import distributed as dist
 from .data import DataError
 from .lora import TARGETS, LoRAConfig
+from .repeats import PERIODS
 from .run import RunArgs, run
 from .run import resume as resume_run
 from .runlog import eval_line, format_time, summary
@@ -92,10 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--compact-vocab", action="store_true",
                    help="train only the tokens the training split uses (the rest share one row); exact for the "
                         "saved full-vocabulary model and several times cheaper on small corpora")
+    m.add_argument("--compact-min-count", type=int, default=1, metavar="N",
+                   help="with --compact-vocab: tokens seen fewer than N times in the training split share the "
+                        "unused tokens' row too (default 1: every token seen keeps its own)")
     m.add_argument("--repeat-fraction", type=float, default=0.0, metavar="FRACTION",
                    help="share of each training batch made of random tokens repeating with a random period "
-                        "(4 to 64 tokens, at most a quarter of the block): the copying signal induction heads "
+                        "(--repeat-periods, at most a quarter of the block): the copying signal induction heads "
                         "learn from; validation stays the text (default 0)")
+    m.add_argument("--repeat-periods", type=int, nargs=2, default=list(PERIODS), metavar=("SHORTEST", "LONGEST"),
+                   help=f"the repeated windows' period range (default {PERIODS[0]} {PERIODS[1]}); short periods "
+                        "can be copied by position alone, long ones only by content (induction)")
     fin = sub.add_parser("finetune", help="fine-tune a pretrained model (fully, or LoRA with --lora-rank)")
     fin.add_argument("--model", default="gpt2", help="hub name (gpt2, distilgpt2 ...) or checkpoint directory")
     _add_common(fin, steps=300, batch=4, lr=None, block="the model's context, at most 256")
@@ -137,7 +144,9 @@ def run_args(a: argparse.Namespace, argv: list[str]) -> RunArgs:
         shape = GPTConfig(block_size=a.block_size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
                           dropout=a.dropout)
         return RunArgs("pretrain", a.data, train, block_size=a.block_size, model_config=asdict(shape),
-                       compact_vocab=a.compact_vocab, repeat_fraction=a.repeat_fraction, **common)
+                       compact_vocab=a.compact_vocab,
+                       compact_min_count=a.compact_min_count, repeat_fraction=a.repeat_fraction,
+                       repeat_periods=tuple(a.repeat_periods), **common)
     return RunArgs("finetune", a.data, train, block_size=a.block_size, model=a.model, lora=lora, **common)
 
 

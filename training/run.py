@@ -49,7 +49,7 @@ from . import runlog
 from .data import MappedSplit, PreparedData, prepare_data
 from .lora import LoRAAdapter, LoRAConfig, LoRAModel, load_adapter, merge_lora, save_adapter
 from .plot import write_loss_plot
-from .repeats import RepeatSplit
+from .repeats import PERIODS, RepeatSplit, check_periods
 from .trainer import StepRecord, StopEvent, TrainConfig, Trainer
 from .vocab import CompactVocabModel, VocabSubset
 
@@ -79,7 +79,9 @@ class RunArgs:
     cache_dir: str | None = None
     device: str | None = None  # None: CUDA when available, else CPU
     compact_vocab: bool = False  # pretrain: train only the used tokens (exact; see training.vocab)
+    compact_min_count: int = 1  # compact_vocab: tokens seen fewer times than this share the unused tokens' row
     repeat_fraction: float = 0.0  # pretrain: share of each batch that is repeated random tokens (training.repeats)
+    repeat_periods: tuple[int, int] = PERIODS  # their shortest and longest period
     save_dtype: str = "fp32"  # dtype of the best model's weights ("fp32", "fp16", "bf16"); last/ is fp32
     plot: str = "inline"  # loss plot: "inline" (offline HTML), "cdn" (small HTML) or "none"
     command: str = ""  # the command line that started the run, if any
@@ -91,6 +93,10 @@ class RunArgs:
             raise ValueError(f"save_dtype must be one of {', '.join(_DTYPES)}, got {self.save_dtype!r}")
         if self.compact_vocab and self.mode != "pretrain":
             raise ValueError("a compact vocabulary is for pretraining only (a pretrained model has its own)")
+        if self.compact_min_count < 1 or (self.compact_min_count > 1 and not self.compact_vocab):
+            raise ValueError(f"compact_min_count must be >= 1 and needs compact_vocab above 1, got "
+                             f"{self.compact_min_count}")
+        self.repeat_periods = check_periods(self.repeat_periods)  # a list after JSON
         if not 0.0 <= self.repeat_fraction < 1.0:
             raise ValueError(f"repeat_fraction must be in [0, 1), got {self.repeat_fraction}")
         if self.repeat_fraction and self.mode != "pretrain":
@@ -242,11 +248,12 @@ def _build(args: RunArgs, device: torch.device, given: GPT2 | None, last: Path |
         data = _prepare_data(args, args.model_config["block_size"], info)
         subset = None
         if args.compact_vocab:
-            subset = _load_subset(last) if last is not None else VocabSubset.from_ids(data.token_ids())
+            subset = _load_subset(last) if last is not None else VocabSubset.from_ids(data.token_ids(),
+                                                                                       args.compact_min_count)
             data = data.map_tokens(subset.table)
             log.info("compact vocabulary: %d used tokens + 1 shared row", subset.size - 1)
         if args.repeat_fraction:
-            data = _with_repeats(data, args.repeat_fraction, subset)
+            data = _with_repeats(data, args.repeat_fraction, args.repeat_periods, subset)
         if last is not None:
             return _Job(GPT2.from_pretrained(last, device=device, dtype=torch.float32).requires_grad_(True),
                         subset=subset), data
@@ -272,13 +279,14 @@ def _build(args: RunArgs, device: torch.device, given: GPT2 | None, last: Path |
     return _Job(base, LoRAAdapter(base, args.lora, seed=args.train.seed)), data
 
 
-def _with_repeats(data: PreparedData, fraction: float, subset: VocabSubset | None) -> PreparedData:
+def _with_repeats(data: PreparedData, fraction: float, periods: tuple[int, int], subset: VocabSubset | None
+                  ) -> PreparedData:
     """``data`` whose training batches mix in repeated random tokens of the vocabulary the model trains on
     (a compact model's used rows, never its shared row; else the training split's tokens)."""
     if data.kind != "stream":
         raise ValueError("repeated random tokens mix into a text stream, not instruction records")
     vocab = np.arange(subset.other) if subset is not None else np.unique(data.token_ids())
-    split = RepeatSplit(data.train, vocab, fraction, data.block_size)
+    split = RepeatSplit(data.train, vocab, fraction, data.block_size, periods)
     log.info("%.0f%% of each batch: random tokens repeating every %d to %d tokens", 100 * fraction, *split.periods)
     return replace(data, train=split)
 

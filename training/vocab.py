@@ -10,8 +10,9 @@ This is exact, not an approximation: in the expanded model the ``V - n_used`` un
 same logit ``h . u``, so the full softmax's normaliser is ``sum_used exp(l_i) + (V - n_used) exp(h . u)``;
 ``CompactVocabModel.loss_sum`` counts the shared row's softmax term ``V - n_used`` times (its logit
 plus ``ln(V - n_used)``), which makes the compact normaliser equal the full one, and scores a target
-among the unused tokens (only validation has them) as one of ``V - n_used`` equally likely tokens. So
-training and validation losses are exactly the expanded model's.
+among the unused tokens (validation's unseen ones; with ``from_ids(min_count > 1)`` training's rare ones
+too) as one of ``V - n_used`` equally likely tokens. So training and validation losses are exactly the
+expanded model's.
 
 Accuracy (``correct_sum``) is the expanded model's too, with one convention: the argmax over the compact
 logits is the expanded model's argmax whenever it is a used token (same logits), and when it is the shared
@@ -52,11 +53,12 @@ class VocabSubset:
         self.table = table  # (full_size,) full id -> compact id
 
     @classmethod
-    def from_ids(cls, ids: np.ndarray, full_size: int = FULL_VOCAB) -> VocabSubset:
-        """The tokens occurring in ``ids``, plus ``<|endoftext|>`` (generation starts and stops with it)."""
+    def from_ids(cls, ids: np.ndarray, min_count: int = 1, full_size: int = FULL_VOCAB) -> VocabSubset:
+        """The tokens occurring at least ``min_count`` times in ``ids``, plus ``<|endoftext|>`` (generation
+        starts and stops with it); rarer tokens share the unused tokens' row."""
         counts = np.bincount(np.asarray(ids, dtype=np.int64), minlength=full_size)
-        counts[EOT_ID] += 1
-        return cls(np.flatnonzero(counts), full_size)
+        counts[EOT_ID] = max(counts[EOT_ID], min_count)
+        return cls(np.flatnonzero(counts >= min_count), full_size)
 
     @property
     def size(self) -> int:

@@ -35,7 +35,8 @@ from gpt2.weights import CONFIG_FILE, HUB_MODELS, WEIGHTS_FILE, resolve_device_d
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-BUNDLED = "shakespeare-small"  # trained by training/, ships in checkpoints/ (see its README)
+BUNDLED = "shakespeare-small"  # the default: trained by training/, ships in checkpoints/ (see its README)
+DEMOS = ("induction-demo",)  # also shipped: small models trained to show one mechanism (see their READMEs)
 PRECISIONS = ("fp32", "bf16", "int8")
 DEFAULT = "default"  # a model's default precision (``ModelStore.default_precision``)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -55,11 +56,11 @@ def catalog(extra: str | None = None) -> dict[str, Entry]:
     if CHECKPOINTS.is_dir():
         for aside in CHECKPOINTS.glob(".*.old-*"):  # a save killed mid-swap set the checkpoint aside
             restore_interrupted_save(CHECKPOINTS / aside.name[1:].rpartition(".old-")[0])
-        for d in sorted(CHECKPOINTS.iterdir(), key=lambda p: (p.name != BUNDLED, p.name)):
+        for d in sorted(CHECKPOINTS.iterdir(), key=lambda p: (p.name != BUNDLED, p.name not in DEMOS, p.name)):
             if d.name.startswith("."):  # hidden: e.g. a save's temporary directory, never a model
                 continue
             if (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file():
-                tag = "bundled" if d.name == BUNDLED else "local"
+                tag = "bundled" if d.name == BUNDLED or d.name in DEMOS else "local"
                 entries[d.name] = Entry(d.name, f"{d.name} ({tag})", str(d))
     if extra and key_for(entries, extra) is None and extra not in HUB_MODELS:
         entries[extra] = Entry(extra, f"{Path(extra).name or extra} (--model)", extra,
