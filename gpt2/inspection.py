@@ -177,7 +177,9 @@ def word_ids() -> np.ndarray:
     that encodes back to the same ids, so a probe made of them is the same tokens once shown and read back;
     other tokens glue to their neighbours ("ENT" after " looks") and come back as other tokens."""
     enc = get_tokenizer()
-    return np.array([i for i in range(*PROBE_RANGE) if _WORD.fullmatch(enc.decode_single_token_bytes(i))])
+    ids = np.array([i for i in range(*PROBE_RANGE) if _WORD.fullmatch(enc.decode_single_token_bytes(i))])
+    ids.setflags(write=False)  # cached and shared: nobody may change it for the others
+    return ids
 
 
 @torch.no_grad()

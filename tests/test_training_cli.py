@@ -69,8 +69,8 @@ def test_a_repeat_fraction_outside_0_1_is_refused(tmp_path, main, capsys, fracti
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--compact-min-count", "3"], "compact_min_count must be >= 1 and needs compact_vocab above 1, got 3"),
-    (["--compact-vocab", "--compact-min-count", "0"], "compact_min_count must be >= 1"),
+    (["--compact-min-count", "3"], "compact_min_count is for a compact vocabulary (--compact-vocab)"),
+    (["--compact-vocab", "--compact-min-count", "0"], "compact_min_count must be >= 1, got 0"),
     (["--repeat-fraction", "0.5", "--repeat-periods", "9", "3"], "repeat periods must be 1 <= shortest <= longest"),
 ])
 def test_bad_vocabulary_and_repeat_flags_are_refused(tmp_path, main, capsys, flags, message):

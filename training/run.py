@@ -93,9 +93,10 @@ class RunArgs:
             raise ValueError(f"save_dtype must be one of {', '.join(_DTYPES)}, got {self.save_dtype!r}")
         if self.compact_vocab and self.mode != "pretrain":
             raise ValueError("a compact vocabulary is for pretraining only (a pretrained model has its own)")
-        if self.compact_min_count < 1 or (self.compact_min_count > 1 and not self.compact_vocab):
-            raise ValueError(f"compact_min_count must be >= 1 and needs compact_vocab above 1, got "
-                             f"{self.compact_min_count}")
+        if self.compact_min_count < 1:
+            raise ValueError(f"compact_min_count must be >= 1, got {self.compact_min_count}")
+        if self.compact_min_count > 1 and not self.compact_vocab:
+            raise ValueError("compact_min_count is for a compact vocabulary (--compact-vocab)")
         self.repeat_periods = check_periods(self.repeat_periods)  # a list after JSON
         if not 0.0 <= self.repeat_fraction < 1.0:
             raise ValueError(f"repeat_fraction must be in [0, 1), got {self.repeat_fraction}")
