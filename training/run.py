@@ -254,7 +254,7 @@ def _build(args: RunArgs, device: torch.device, given: GPT2 | None, last: Path |
             data = data.map_tokens(subset.table)
             log.info("compact vocabulary: %d used tokens + 1 shared row", subset.size - 1)
         if args.repeat_fraction:
-            data = _with_repeats(data, args.repeat_fraction, args.repeat_periods, subset)
+            data = _with_repeats(data, args, subset)
         if last is not None:
             return _Job(GPT2.from_pretrained(last, device=device, dtype=torch.float32).requires_grad_(True),
                         subset=subset), data
@@ -280,15 +280,14 @@ def _build(args: RunArgs, device: torch.device, given: GPT2 | None, last: Path |
     return _Job(base, LoRAAdapter(base, args.lora, seed=args.train.seed)), data
 
 
-def _with_repeats(data: PreparedData, fraction: float, periods: tuple[int, int], subset: VocabSubset | None
-                  ) -> PreparedData:
+def _with_repeats(data: PreparedData, args: RunArgs, subset: VocabSubset | None) -> PreparedData:
     """``data`` whose training batches mix in repeated random tokens of the vocabulary the model trains on
     (a compact model's used rows, never its shared row; else the training split's tokens)."""
     if data.kind != "stream":
         raise ValueError("repeated random tokens mix into a text stream, not instruction records")
     vocab = np.arange(subset.other) if subset is not None else np.unique(data.token_ids())
-    split = RepeatSplit(data.train, vocab, fraction, data.block_size, periods)
-    log.info("%.0f%% of each batch: random tokens repeating every %d to %d tokens", 100 * fraction, *split.periods)
+    split = RepeatSplit(data.train, vocab, args.repeat_fraction, data.block_size, args.repeat_periods)
+    log.info("%.0f%% of each batch: random tokens repeating every %d-%d tokens", 100 * split.fraction, *split.periods)
     return replace(data, train=split)
 
 
