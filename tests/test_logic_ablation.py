@@ -182,7 +182,6 @@ def test_the_probe_fits_the_cap_and_the_context(ctx, session, model):
     assert logic.probe_text(ctx, ref, 1) == logic.probe_text(ctx, ref, 1)
 
 
-
 DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "induction-demo"
 
 

@@ -9,13 +9,13 @@ copying from the context, so those windows carry that signal at almost every pos
 Measured (issue 12's notes): short periods, many windows per step and a small vocabulary make copying form
 fast (a 2-layer model on 64 words: within 600 steps of 32 windows, ``tests/test_training_repeats.py``); with
 periods over 100 in 256-token windows nothing was learned in the same steps, and with the default bundled
-model's 11k-token vocabulary 2,000 CPU steps of 4 text + 4 repeated windows were not enough. Over the 717
-tokens tinyshakespeare uses 50 times or more, with periods 16 to 64 (short ones can be copied by position
-alone) and 8 text + 8 repeated windows a step, a 2-layer model formed induction heads between steps 4,000 and
-5,500: ``checkpoints/induction-demo``. A compact-vocabulary
-run with repeats starts its shared row low (``VocabSubset.init_shared_row``), which made copying form
-several times faster in the toy. Validation and test splits stay the plain text, so their losses mean what
-they meant before; the training loss mixes both kinds of window.
+model's 11k-token vocabulary 2,000 CPU steps of 4 text + 4 repeated windows were not enough. Over the 716
+token types tinyshakespeare uses 50 times or more, with periods 16 to 64 (short ones can be copied by
+position alone) and 8 text + 8 repeated windows a step, a 2-layer model formed induction heads between steps
+4,000 and 5,500: ``checkpoints/induction-demo``. A compact-vocabulary run with repeats starts its shared row
+low (``VocabSubset.init_shared_row``), which made copying form several times faster in the toy. Validation
+and test splits stay the plain text, so their losses mean what they meant before; the training loss mixes
+both kinds of window.
 """
 
 from __future__ import annotations
