@@ -3,8 +3,8 @@
 Every side gets the same random GPT-2 124M weights (built here, seeded, saved to a temp dir in the Hugging
 Face layout and loaded by each library), the same prompt and the same job: greedy decoding of
 ``--new-tokens`` tokens after a 32-token prompt, KV cache on. Ours runs in each of ``--precisions`` (fp32,
-bf16, int8: weight-only int8 with bf16 activations in the matrix products); transformers runs fp32, its
-``generate``; llama.cpp (when ``--llama-cpp-src`` is given and built, see ``llama_ref.py``) runs the same
+bf16, int8: weight-only int8; ``fp32-torch``, ``int8-torch``: with ``gpt2.native``'s kernels off); transformers
+runs fp32, its ``generate``; llama.cpp (when ``--llama-cpp-src`` is given and built, see ``llama_ref.py``) runs the same
 weights converted to F32, F16 and Q8_0. All sides are timed alternately, round after round (the order
 reversed every other round), and medians are reported, so a burst of load from another process hits every
 side rather than one. Time to first token (TTFT) is measured the same way for a 512-token prompt.
@@ -19,6 +19,7 @@ No network: the weights are random, and ``transformers``/llama.cpp are only benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import platform
 import statistics
@@ -39,6 +40,7 @@ import gpt2  # noqa: E402
 
 PAD_ID = 50256
 PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None), "int8": (torch.float32, "int8")}
+# "fp32-torch", "int8-torch": the same model with ``gpt2.native``'s kernels off (torch's kernels throughout)
 
 
 def sync(device: torch.device) -> None:
@@ -55,9 +57,10 @@ def timed(fn: Callable[[], list[int]], device: torch.device) -> tuple[float, lis
     return time.perf_counter() - t0, out
 
 
-def ours_decode(model: gpt2.GPT2, prompt: list[int], new_tokens: int) -> list[int]:
+def ours_decode(model: gpt2.GPT2, prompt: list[int], new_tokens: int, native: bool = True) -> list[int]:
     params = gpt2.SamplingParams(temperature=0, max_new_tokens=new_tokens, stop_at_eos=False)
-    return [step.token_id for step in gpt2.generate(model, prompt, params)]
+    with contextlib.nullcontext() if native else gpt2.native.disabled():
+        return [step.token_id for step in gpt2.generate(model, prompt, params)]
 
 
 def hf_decode(hf, prompt: list[int], new_tokens: int, device: torch.device) -> list[int]:
@@ -80,9 +83,10 @@ def sides(args, ckpt: Path, device: torch.device, workdir: Path) -> dict[str, Ca
     hf = load_hf(ckpt, device)
     out = {"hf fp32": lambda p, n: hf_decode(hf, p, n, device)}
     for name in args.precisions.split(","):
-        dtype, quantize = PRECISIONS[name]
+        dtype, quantize = PRECISIONS[name.removesuffix("-torch")]
         model = gpt2.GPT2.from_pretrained(ckpt, device, dtype=dtype, quantize=quantize)
-        out[f"ours {name}"] = lambda p, n, m=model: ours_decode(m, p, n)
+        native = not name.endswith("-torch")
+        out[f"ours {name}"] = lambda p, n, m=model, k=native: ours_decode(m, p, n, k)
     why_not = llama_ref.available(args.llama_cpp_src) if device.type == "cpu" else "CPU only here"
     if why_not:
         print(f"llama.cpp: not run ({why_not})")
@@ -140,7 +144,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--ttft-prompt-tokens", type=int, default=512)
-    ap.add_argument("--precisions", default="fp32,bf16,int8", help="ours: comma-separated fp32, bf16, int8")
+    ap.add_argument("--precisions", default="fp32,bf16,int8",
+                    help="ours: comma-separated fp32, bf16, int8, fp32-torch, int8-torch (native kernels off)")
     ap.add_argument("--llama-cpp-src", default=None, help="unpacked llama-cpp-python source (see llama_ref.py)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (the reference machine has 2 cores)")

@@ -47,6 +47,11 @@ class Edit:
         heads = {int(layer): tuple(sorted({int(h) for h in hs})) for layer, hs in self.ablate_heads.items()}
         object.__setattr__(self, "ablate_heads", {layer: hs for layer, hs in heads.items() if hs})
 
+    @property
+    def changes_nothing(self) -> bool:
+        """No heads, no patch, no embeddings: a pass may run as if no edit were given."""
+        return not self.ablate_heads and self.patch is None and self.embeddings is None
+
     def check(self, n_layer: int, n_head: int) -> None:
         """Refuse layers and heads the model does not have, naming them."""
         for layer, heads in self.ablate_heads.items():

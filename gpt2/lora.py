@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT2
+from .native import linear
 from .quant import Int8Linear
 
 T = TypeVar("T")
@@ -94,7 +95,7 @@ class LoRALinear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _with_delta(self.lora_key, x, F.linear(x, self.weight, self.bias))
+        return _with_delta(self.lora_key, x, linear(x, self.weight, self.bias))
 
 
 class LoRAInt8Linear(Int8Linear):

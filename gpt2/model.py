@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .edit import Edit, ablate, patched
+from .native import Linear, attention_one, decode_layers
 from .quant import QUANTIZATIONS, is_quantized, load_int8
 from .weights import load_checkpoint, read_checkpoint, resolve_device_dtype, save_checkpoint
 
@@ -69,8 +70,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.n_embd = config.n_head, config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -88,7 +89,9 @@ class CausalSelfAttention(nn.Module):
             k, v = cache_k[:, :, : pos + T], cache_v[:, :, : pos + T]  # (B, nh, pos+T, hs), views
         dropout_p = self.dropout if self.training else 0.0
         if T == 1:  # one new query may see every cached key: no mask needed
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            y = attention_one(q, k, v) if not dropout_p else None  # decoding on a CPU: a native loop
+            if y is None:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         elif pos == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:  # a chunk after a cached prefix: causal with an offset
@@ -130,8 +133,8 @@ def _attention_pattern(q: torch.Tensor, k: torch.Tensor, pos: int, rows: slice) 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -173,7 +176,7 @@ class GPT2(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
@@ -229,6 +232,12 @@ class GPT2(nn.Module):
             x = patched(x, edit.patch, 0)
         if trace is not None and trace.hidden:
             trace.hidden_states.append(x)
+        plain = trace is None and (edit is None or edit.changes_nothing) and not self.training
+        if cache is not None and T == 1 and plain:
+            y = self._native_step(x, cache)
+            if y is not None:
+                cache.pos += T
+                return y
         for i, block in enumerate(tr.h[:layers]):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             x = block(x, kv, pos, trace, i, edit, sums)
@@ -239,6 +248,16 @@ class GPT2(nn.Module):
         if cache is not None:
             cache.pos += T
         return x
+
+    def _native_step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
+        """Every block for one cached position in one native call (``gpt2.native.decode_layers``), or None
+        where it does not apply (a GPU, bf16, a batch, a LoRA adapter installed, no compiler)."""
+        layers = []
+        for block in self.transformer.h:
+            projections = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+            specs = tuple(getattr(p, "native_spec", lambda: None)() for p in projections)
+            layers.append((block.ln_1, specs, block.ln_2))
+        return decode_layers(x, layers, cache.k, cache.v, cache.pos, self.config.layer_norm_epsilon)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         """An empty KV cache on this model's device and dtype (``max_len`` defaults to the context)."""

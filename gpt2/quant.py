@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .native import int8_linear, int8_spec
+
 __all__ = ["QUANTIZATIONS", "Int8Linear", "Int8Embedding", "check_supported", "quantize_int8", "is_quantized",
            "load_int8", "Fidelity", "fidelity"]
 
@@ -107,11 +109,18 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() > GEMV_ROWS * self.in_features and x.device.type != "cpu":  # see ``GEMV_ROWS``
             return F.linear(x, self.weight.to(x.dtype), self.bias)
+        y = int8_linear(x, self.qweight, self.scales, self.bias)  # one row, fp32, no gradient: native
+        if y is not None:
+            return y
         if torch.is_grad_enabled() and x.requires_grad:
             y = _Int8MatMul.apply(x, self.qweight, self.kernel_scales, self.scales)
         else:  # decoding: skip autograd.Function's overhead (~10 us, 49 times a token for GPT-2 124M)
             y = _int8_mm(x, self.qweight, self.kernel_scales)
         return y + self.bias if self.bias is not None else y
+
+    def native_spec(self) -> object | None:
+        """This projection for ``gpt2.native.decode_layers``; None for a subclass (LoRA adds to the product)."""
+        return int8_spec(self.qweight, self.scales, self.bias) if type(self) is Int8Linear else None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -223,10 +232,18 @@ class Fidelity:
         return self.model_ppl / self.reference_ppl - 1
 
 
+def _stepwise(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``(1, T, V)`` for ``x`` ``(1, T)`` fed one token at a time through a KV cache: decoding's path."""
+    cache = model.new_cache(1, x.shape[1])
+    return torch.cat([model(x[:, t : t + 1], cache) for t in range(x.shape[1])], dim=1)
+
+
 @torch.no_grad()
-def fidelity(reference: nn.Module, model: nn.Module, ids: Sequence[int], window: int | None = None) -> Fidelity:
+def fidelity(reference: nn.Module, model: nn.Module, ids: Sequence[int], window: int | None = None,
+             stepwise: bool = False) -> Fidelity:
     """Compare next-token distributions over ``ids`` in non-overlapping windows of ``window`` tokens
-    (default: the reference's context), e.g. an int8 or bf16 model against its fp32 original."""
+    (default: the reference's context), e.g. an int8 or bf16 model against its fp32 original. ``stepwise``
+    runs ``model`` a token at a time with a KV cache, as decoding does (a window at once is a prompt's path)."""
     window = window or reference.config.block_size
     ids_t = torch.as_tensor(list(ids), dtype=torch.long)
     agree = kl = nll_ref = nll_model = 0.0
@@ -237,7 +254,8 @@ def fidelity(reference: nn.Module, model: nn.Module, ids: Sequence[int], window:
             break
         x, y = chunk[:-1][None], chunk[1:]
         ref = reference(x.to(reference.device))[0].float().log_softmax(-1).cpu()  # (T, V)
-        got = model(x.to(model.device))[0].float().log_softmax(-1).cpu()  # (T, V)
+        got = (_stepwise(model, x.to(model.device)) if stepwise else model(x.to(model.device)))[0]
+        got = got.float().log_softmax(-1).cpu()  # (T, V)
         agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
         kl += (ref.exp() * (ref - got)).sum(-1).sum().item()
         nll_ref -= ref.gather(1, y[:, None]).sum().item()

@@ -124,7 +124,7 @@ def test_two_sessions_on_two_precisions_of_one_model_do_not_interfere(ctx, tiny_
     for (key, (first, again)), quantize in zip(made.items(), (None, "int8"), strict=True):
         own = gpt2.GPT2.from_pretrained(tiny_dir, device="cpu", quantize=quantize)  # loaded apart from the app
         with torch.no_grad():
-            probs = own(torch.tensor([ids]))[0, -1].softmax(-1)
+            probs = own(torch.tensor([ids]), last_only=True)[0, -1].softmax(-1)  # the path a prompt takes
         assert first.token_ids == again.token_ids == [s.token_id for s in gpt2.generate(own, ids, params)]
         np.testing.assert_allclose(first.steps[0].raw_probs, probs[first.steps[0].top_ids].numpy(), rtol=1e-4)
         assert f" · {key} · " in first.label  # the record names the precision too

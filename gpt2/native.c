@@ -1,0 +1,289 @@
+/* Batch-1 matrix-vector products for decoding on a CPU, compiled on first use by gpt2/native.py.
+ *
+ * Decoding one token reads every weight once, so its speed is the speed at which the weights stream from
+ * memory. torch's fp32 GEMV (MKL) streams about half of what two cores can read, and its int8 kernel wants
+ * bf16 inputs (two casts per product). These loops stream at the memory's speed: each thread reads one
+ * contiguous share of the matrix, and the inner loops are plain C that the compiler vectorizes for the
+ * machine it runs on (-O3 -march=native; `omp simd` allows the reordered sums without -ffast-math).
+ * Threads come from torch's own OpenMP runtime (the library links the libgomp torch loaded).
+ *
+ * Every function: y (N) = x (K) @ W^T + b, W being the (N, K) weight of nn.Linear; b may be NULL.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define BIAS(n) (b ? b[n] : 0.f)
+
+/* W stored as (K, N) rows: nn.Linear's (N, K) weight with strides (1, N), the layout HF's Conv1D
+ * checkpoints load into. Each thread owns a slice of y and adds four rows of W to it per pass. */
+void gemv_kn_f32(const float *x, const float *w, const float *b, float *y, int K, int N, int nt) {
+#pragma omp parallel num_threads(nt)
+  {
+    int threads = 1, t = 0;
+#ifdef _OPENMP
+    threads = omp_get_num_threads();
+    t = omp_get_thread_num();
+#endif
+    int per = ((N + threads - 1) / threads + 15) & ~15; /* whole cache lines per thread */
+    int n0 = t * per, n1 = n0 + per < N ? n0 + per : N;
+    if (n0 < n1) {
+      float *yy = y + n0;
+      int m = n1 - n0, k = 0;
+      for (int n = 0; n < m; n++) yy[n] = BIAS(n0 + n);
+      for (; k + 4 <= K; k += 4) {
+        const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+        const float *w0 = w + (size_t)k * N + n0, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+#pragma omp simd
+        for (int n = 0; n < m; n++) yy[n] += x0 * w0[n] + x1 * w1[n] + x2 * w2[n] + x3 * w3[n];
+      }
+      for (; k < K; k++) {
+        const float xk = x[k], *wk = w + (size_t)k * N + n0;
+#pragma omp simd
+        for (int n = 0; n < m; n++) yy[n] += xk * wk[n];
+      }
+    }
+  }
+}
+
+/* W stored as (N, K) rows (a contiguous nn.Linear weight): four dot products at a time. */
+void gemv_nk_f32(const float *x, const float *w, const float *b, float *y, int K, int N, int nt) {
+  int blocks = (N + 3) / 4;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int i = 0; i < blocks; i++) {
+    int n = 4 * i;
+    if (n + 4 <= N) {
+      const float *w0 = w + (size_t)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+      float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      for (int k = 0; k < K; k++) {
+        a0 += w0[k] * x[k];
+        a1 += w1[k] * x[k];
+        a2 += w2[k] * x[k];
+        a3 += w3[k] * x[k];
+      }
+      y[n] = a0 + BIAS(n);
+      y[n + 1] = a1 + BIAS(n + 1);
+      y[n + 2] = a2 + BIAS(n + 2);
+      y[n + 3] = a3 + BIAS(n + 3);
+    } else {
+      for (; n < N; n++) {
+        const float *wn = w + (size_t)n * K;
+        float a = 0.f;
+#pragma omp simd reduction(+ : a)
+        for (int k = 0; k < K; k++) a += wn[k] * x[k];
+        y[n] = a + BIAS(n);
+      }
+    }
+  }
+}
+
+/* W = q * s[:, None]: q (N, K) int8 rows, one fp32 scale per output. fp32 in and out, the scale and bias
+ * applied once per output. The portable loop converts every weight to float; with AVX-512 VNNI the
+ * products are int8 x int8 instead (see below), a third of the instructions per weight. */
+static void gemv_q8_f32(const float *x, const int8_t *q, const float *s, const float *b, float *y, int K, int N,
+                        int nt) {
+  int blocks = (N + 3) / 4;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int i = 0; i < blocks; i++) {
+    int n = 4 * i;
+    if (n + 4 <= N) {
+      const int8_t *q0 = q + (size_t)n * K, *q1 = q0 + K, *q2 = q1 + K, *q3 = q2 + K;
+      float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      for (int k = 0; k < K; k++) {
+        a0 += q0[k] * x[k];
+        a1 += q1[k] * x[k];
+        a2 += q2[k] * x[k];
+        a3 += q3[k] * x[k];
+      }
+      y[n] = s[n] * a0 + BIAS(n);
+      y[n + 1] = s[n + 1] * a1 + BIAS(n + 1);
+      y[n + 2] = s[n + 2] * a2 + BIAS(n + 2);
+      y[n + 3] = s[n + 3] * a3 + BIAS(n + 3);
+    } else {
+      for (; n < N; n++) {
+        const int8_t *qn = q + (size_t)n * K;
+        float a = 0.f;
+#pragma omp simd reduction(+ : a)
+        for (int k = 0; k < K; k++) a += qn[k] * x[k];
+        y[n] = s[n] * a + BIAS(n);
+      }
+    }
+  }
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define VNNI_MAX_K 16384
+
+/* The activations as int8 with one scale per group of four (the four products vpdpbusd sums into one lane):
+ * an outlier shares its scale with three neighbours only, so the rounding stays near bf16's. vpdpbusd wants
+ * unsigned weights, so they are read as q + 128 (xor 0x80) and each lane starts from -128 * (its x sum). */
+static void q8_prep(const float *x, int K, int8_t *xq, float *xs, int32_t *xc) {
+  for (int j = 0; j < K / 4; j++) {
+    const float *v = x + 4 * j;
+    float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+    float inv = m > 0.f ? 127.f / m : 0.f;
+    int sum = 0;
+    for (int i = 0; i < 4; i++) {
+      int r = (int)nearbyintf(v[i] * inv);
+      xq[4 * j + i] = (int8_t)r;
+      sum += r;
+    }
+    xs[j] = m / 127.f;
+    xc[j] = -128 * sum;
+  }
+}
+
+static void gemv_q8_vnni(const float *x, const int8_t *q, const float *s, const float *b, float *y, int K, int N,
+                         int nt) {
+  int8_t xq[VNNI_MAX_K] __attribute__((aligned(64)));
+  float xs[VNNI_MAX_K / 4] __attribute__((aligned(64)));
+  int32_t xc[VNNI_MAX_K / 4] __attribute__((aligned(64)));
+  q8_prep(x, K, xq, xs, xc);
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  /* A row at a time, two accumulators: each thread streams one contiguous run of rows (measured: 92% of a
+   * plain read's speed, against 72% for four rows at a time). */
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int n = 0; n < N; n++) {
+    const int8_t *qn = q + (size_t)n * K;
+    __m512 f0 = _mm512_setzero_ps(), f1 = f0;
+    int k = 0;
+    for (; k + 128 <= K; k += 128) {
+      __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(qn + k), flip);
+      __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(qn + k + 64), flip);
+      __m512i a0 = _mm512_dpbusd_epi32(_mm512_load_si512(xc + k / 4), w0, _mm512_load_si512(xq + k));
+      __m512i a1 = _mm512_dpbusd_epi32(_mm512_load_si512(xc + k / 4 + 16), w1, _mm512_load_si512(xq + k + 64));
+      f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_load_ps(xs + k / 4), f0);
+      f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_load_ps(xs + k / 4 + 16), f1);
+    }
+    if (k < K) { /* K % 128 == 64 */
+      __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(qn + k), flip);
+      __m512i a0 = _mm512_dpbusd_epi32(_mm512_load_si512(xc + k / 4), w0, _mm512_load_si512(xq + k));
+      f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_load_ps(xs + k / 4), f0);
+    }
+    y[n] = s[n] * _mm512_reduce_add_ps(_mm512_add_ps(f0, f1)) + BIAS(n);
+  }
+}
+#endif
+
+int q8_native_products(void) { /* 1: int8 x int8 products where K % 64 == 0 (VNNI), 0: float products only */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+void gemv_q8(const float *x, const int8_t *q, const float *s, const float *b, float *y, int K, int N, int nt) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  if (K % 64 == 0 && K <= VNNI_MAX_K) {
+    gemv_q8_vnni(x, q, s, b, y, K, N, nt);
+    return;
+  }
+#endif
+  gemv_q8_f32(x, q, s, b, y, K, N, nt);
+}
+
+/* One new query per (batch, head) against its first L cached keys: y = softmax(q k^T / sqrt(hs)) v, the
+ * decoding step of attention (torch's flash-attention kernel spends ~40 us per call on 12 heads of GPT-2 at
+ * a few hundred positions; this is a few). Strides in elements: q[b*qb + h*hs + d], k/v[b*kb + h*kh + j*hs + d],
+ * y (B, nh, hs) contiguous. */
+void attn_one(const float *q, const float *k, const float *v, float *y, int B, int nh, int hs, int L, long qb,
+              long kb, long kh, int nt) {
+  const float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int bh = 0; bh < B * nh; bh++) {
+    int b = bh / nh, h = bh % nh;
+    const float *qh = q + b * qb + (long)h * hs, *kh0 = k + b * kb + h * kh, *vh0 = v + b * kb + h * kh;
+    float *out = y + (long)bh * hs;
+    float sc[L];
+    float m = -INFINITY, sum = 0.f;
+    for (int j = 0; j < L; j++) {
+      const float *kj = kh0 + (long)j * hs;
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int d = 0; d < hs; d++) s += qh[d] * kj[d];
+      sc[j] = s * scale;
+      m = sc[j] > m ? sc[j] : m;
+    }
+    for (int j = 0; j < L; j++) {
+      sc[j] = expf(sc[j] - m);
+      sum += sc[j];
+    }
+    for (int d = 0; d < hs; d++) out[d] = 0.f;
+    for (int j = 0; j < L; j++) {
+      const float p = sc[j] / sum, *vj = vh0 + (long)j * hs;
+#pragma omp simd
+      for (int d = 0; d < hs; d++) out[d] += p * vj[d];
+    }
+  }
+}
+
+/* ---- One decoding step through every block (no trace, no edit, no adapter: the plain serving path) ---- */
+
+typedef struct { /* a projection: which loop, its shape and its tensors (scales only for int8) */
+  int kind;      /* 0: fp32 (K, N) rows, 1: fp32 (N, K) rows, 2: int8 (N, K) rows */
+  int K, N;
+  const void *w;
+  const float *s, *b;
+} lin_t;
+
+typedef struct { /* one block's parameters and its layer of the KV cache ((nh, max_len, hs), batch 1) */
+  const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+  lin_t attn, proj, fc, out;
+  float *k, *v;
+} layer_t;
+
+static void lin(const lin_t *l, const float *x, float *y, int nt) {
+  if (l->kind == 0)
+    gemv_kn_f32(x, (const float *)l->w, l->b, y, l->K, l->N, nt);
+  else if (l->kind == 1)
+    gemv_nk_f32(x, (const float *)l->w, l->b, y, l->K, l->N, nt);
+  else
+    gemv_q8(x, (const int8_t *)l->w, l->s, l->b, y, l->K, l->N, nt);
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float *y, int C, float eps) {
+  float mean = 0.f, var = 0.f;
+  for (int i = 0; i < C; i++) mean += x[i];
+  mean /= C;
+  for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+  float inv = 1.f / sqrtf(var / C + eps);
+  for (int i = 0; i < C; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+static void gelu_tanh(float *x, int n, int nt) {
+  const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.f + tanhf(c * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
+}
+
+/* x (C): the residual stream of the new position, updated in place; pos: its index (keys 0..pos). */
+void decode_layers(float *x, const layer_t *layers, int n_layer, int C, int nh, int pos, long head_stride,
+                   float eps, int nt) {
+  int hs = C / nh;
+  float h[C], qkv[3 * C], att[C], f[4 * C], o[C];
+  for (int l = 0; l < n_layer; l++) {
+    const layer_t *L = layers + l;
+    layer_norm(x, L->ln1_w, L->ln1_b, h, C, eps);
+    lin(&L->attn, h, qkv, nt);
+    for (int i = 0; i < nh; i++) { /* this position's key and value into the cache */
+      memcpy(L->k + i * head_stride + (long)pos * hs, qkv + C + i * hs, hs * sizeof(float));
+      memcpy(L->v + i * head_stride + (long)pos * hs, qkv + 2 * C + i * hs, hs * sizeof(float));
+    }
+    attn_one(qkv, L->k, L->v, att, 1, nh, hs, pos + 1, 0, 0, head_stride, nt);
+    lin(&L->proj, att, o, nt);
+    for (int i = 0; i < C; i++) x[i] += o[i];
+    layer_norm(x, L->ln2_w, L->ln2_b, h, C, eps);
+    lin(&L->fc, h, f, nt);
+    gelu_tanh(f, 4 * C, nt);
+    lin(&L->out, f, o, nt);
+    for (int i = 0; i < C; i++) x[i] += o[i];
+  }
+}
