@@ -20,6 +20,7 @@ import sys
 
 import gradio as gr
 
+from gpt2 import native
 from ui import memory, workdirs
 from ui.context import AppContext, Caps
 from ui.layout import limits, quotas, sessions
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     memory.tune_allocator()  # before Gradio's threads: expired sessions' memory goes back to the system
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    native.available()  # compile (or find) the CPU decoding kernels now, logged, not in the first request
     try:
         ctx = make_context(args.model, precision=args.precision)
         demo = build_demo(ctx)

@@ -2,9 +2,11 @@
 
 For a checkpoint (default: the bundled model) and a text (default: tinyshakespeare, whose last 10% the
 bundled model never trained on), every non-overlapping context-length window of the held-out part is run
-through the fp32 model and through the same checkpoint in each other precision; ``gpt2.quant.fidelity``
-reports top-1 agreement, mean KL(fp32 || other) and both perplexities. The bar: agreement >= 98%, KL <= 0.005
-nats, perplexity within 1%.
+through the fp32 model and through the same checkpoint in each other precision ("windows": each window at
+once, a prompt's path), and the first ``--stepwise-tokens`` of it a token at a time through the KV cache
+("decoding": the path generation takes, where int8 multiplies int8 activations on CPUs with AVX-512 VNNI);
+``gpt2.quant.fidelity`` reports top-1 agreement, mean KL(fp32 || other) and both perplexities. The bar:
+agreement >= 98%, KL <= 0.005 nats, perplexity within 1%.
 
     python benchmarks/fidelity.py --text ../shared/data/tinyshakespeare.txt
 """
@@ -35,6 +37,8 @@ def main() -> None:
     ap.add_argument("--text", required=True, help="a UTF-8 text file; its last --held-out share is used")
     ap.add_argument("--held-out", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stepwise-tokens", type=int, default=4096,
+                    help="held-out tokens also run a token at a time through the KV cache (decoding's path)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ids = gpt2.encode(Path(args.text).read_text(encoding="utf-8"))
@@ -46,10 +50,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, dtype, quantize in (("int8", None, "int8"), ("bf16", torch.bfloat16, None)):
         other = gpt2.GPT2.from_pretrained(args.model, device="cpu", dtype=dtype, quantize=quantize)
-        t0 = time.perf_counter()
-        f = fidelity(ref, other, held)
-        print(f"| {name} | {f.tokens} | {f.top1_agreement:.2%} | {f.mean_kl:.5f} | {f.reference_ppl:.2f} | "
-              f"{f.model_ppl:.2f} | {f.ppl_change:+.2%} | {time.perf_counter() - t0:.0f} |", flush=True)
+        for path, tokens, stepwise in (("windows", held, False), ("decoding", held[: args.stepwise_tokens + 1], True)):
+            t0 = time.perf_counter()
+            f = fidelity(ref, other, tokens, stepwise=stepwise)
+            print(f"| {name}, {path} | {f.tokens} | {f.top1_agreement:.2%} | {f.mean_kl:.5f} | {f.reference_ppl:.2f} | "
+                  f"{f.model_ppl:.2f} | {f.ppl_change:+.2%} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

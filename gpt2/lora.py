@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT2
-from .native import linear
+from .native import f32_spec, int8_spec, linear
 from .quant import Int8Linear
 
 T = TypeVar("T")
@@ -97,6 +97,10 @@ class LoRALinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _with_delta(self.lora_key, x, linear(x, self.weight, self.bias))
 
+    def native_spec(self) -> object | None:
+        """For ``gpt2.native.decode_layers`` while no active adapter changes this projection (in this context)."""
+        return None if _adapted(self.lora_key) else f32_spec(self.weight, self.bias)
+
 
 class LoRAInt8Linear(Int8Linear):
     """``LoRALinear`` over an int8 projection (``gpt2.quant``): the same buffers, the adapter in full precision."""
@@ -113,12 +117,22 @@ class LoRAInt8Linear(Int8Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _with_delta(self.lora_key, x, super().forward(x))
 
+    def native_spec(self) -> object | None:
+        """For ``gpt2.native.decode_layers`` while no active adapter changes this projection (in this context)."""
+        return None if _adapted(self.lora_key) else int8_spec(self.qweight, self.scales, self.bias)
+
+
+def _adapted(key: str) -> bool:
+    """Whether the adapter active in this context has an update for the projection ``key``."""
+    active = _ACTIVE.get()
+    return active is not None and key in active.adapter.lora_A
+
 
 def _with_delta(key: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``y`` plus the active adapter's low-rank update of the projection ``key`` (if it has one)."""
-    active = _ACTIVE.get()
-    if active is None or key not in active.adapter.lora_A:
+    if not _adapted(key):
         return y
+    active = _ACTIVE.get()
     ad = active.adapter
     a, b = ad.lora_A[key], ad.lora_B[key]
     h = F.dropout(x, ad.config.dropout, training=active.train) if ad.config.dropout else x

@@ -1,16 +1,21 @@
-"""Native batch-1 matrix-vector products: decoding on a CPU at the memory's speed.
+"""CPU decoding at the memory's speed: native loops for batch-1 steps, oneDNN's GEMM for fp32 prompts.
 
 A decoded token multiplies one row of activations by every weight matrix, so its time is the time the
 weights take to stream from memory. On the CPUs measured (``benchmarks/RESULTS.md``), torch's fp32 GEMV
-(MKL) streams about half of what two cores can read, and its int8 kernel takes bf16 inputs, costing two
-casts around each product. ``native.c`` holds three small loops that stream at the memory's speed; they are
-compiled on first use with the machine's C compiler (``-O3 -march=native``, well under a second) into a
-cache directory, and linked to the OpenMP runtime torch itself loaded, so they share torch's threads.
+(MKL) streams about half of what two cores can read, its int8 kernel takes bf16 inputs (two casts around
+each product), and the Python and small ops around the products cost ~2 ms per GPT-2 124M token. ``native.c``
+holds loops that stream at the memory's speed (fp32 rows in either layout; int8 rows, with int8 x int8
+products on AVX-512 VNNI), one-query attention over the KV cache, and ``decode_layers``: one decoding step
+through every block in one call. It is compiled on first use with the machine's C compiler (``-O3
+-march=native``, well under a second) into a cache directory, and linked to the OpenMP runtime torch itself
+loaded, so the loops share torch's threads.
 
-They apply only where they are exact stand-ins: one CPU row (``x.numel() == in_features``), fp32, no
-gradient wanted. Everything else (prompts, batches, training, attribution, GPUs, bf16) goes through torch
-as before. Where no compiler is found, or torch's OpenMP is not GNU's (``libgomp``), or ``GPT2_NATIVE=0``
-is set, every call falls back to torch, with one log line saying why.
+They apply only where the arithmetic is the model's: fp32 activations on a CPU, no gradient wanted; one row
+for the loops (``linear``, ``int8_linear``, ``attention_one``), and for ``decode_layers`` also batch 1, no
+``Trace``, no ``Edit``, no active LoRA update (``GPT2._native_step`` checks). fp32 products of more rows go to
+oneDNN (``torch.ops.mkldnn._linear_pointwise``). Everything else (training, attribution, GPUs, bf16) runs in
+torch as before, as does everything where no compiler is found, torch's OpenMP is not GNU's (``libgomp``) or
+``GPT2_NATIVE=0`` is set, with one log line saying why.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ __all__ = ["Linear", "linear", "int8_linear", "attention_one", "available", "int
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("native.c")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-lm"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # empty until the first attempt; then [library] or [None]
 _local = threading.local()  # ``disabled()``: per thread, so one request never switches another's path
@@ -86,7 +91,8 @@ def _compile(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:  # a temporary file, then a rename: another process never loads a half-written library
-        subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        command = [compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ctypes
 import os
 import shutil
 import subprocess
@@ -87,6 +88,26 @@ def test_int8_rows_match_the_dequantized_product(shape):
         torch.testing.assert_close(y, F.linear(_as_kernel_sees(x), dequantize(q, s), bias), rtol=1e-5,
                                    atol=1e-5 * k**0.5)
         assert (y - exact).norm() <= 0.01 * exact.norm()  # int8 activations: within 1% of the exact product
+
+
+@needs_compiler
+@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(), reason="an x86 CPU with AVX2 only")
+def test_the_avx2_build_matches_too(tmp_path):
+    """On an AVX-512 machine the library uses the VNNI loop; the AVX2 one (older x86 hosts) is built and
+    checked here too, with AVX-512 turned off."""
+    out = tmp_path / "avx2.so"
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, *native._FLAGS, "-mno-avx512f", str(native._SOURCE), "-o", str(out), "-lm"], check=True)
+    lib = ctypes.CDLL(str(out))
+    assert lib.q8_native_products() == 1
+    gen = torch.Generator().manual_seed(5)
+    for n, k in [(300, 192), (768, 3072), (7, 33)]:
+        q, s = quantize_rows(torch.randn(n, k, generator=gen))
+        bias, x, y = torch.randn(n, generator=gen), torch.randn(k, generator=gen), torch.empty(n)
+        x[k // 3] = 40.0
+        lib.gemv_q8(*(ctypes.c_void_p(t.data_ptr()) for t in (x, q, s, bias, y)), k, n, 2)
+        torch.testing.assert_close(y, F.linear(_as_kernel_sees(x), dequantize(q, s), bias), rtol=1e-5,
+                                   atol=1e-5 * k**0.5)
 
 
 @needs_compiler
@@ -202,6 +223,32 @@ def test_decoding_is_unchanged(quantize, layout):
 
 
 @needs_compiler
+@pytest.mark.parametrize("quantize", [False, True])
+def test_an_active_adapter_keeps_its_update_and_an_idle_one_the_fused_step(quantize):
+    """The app installs LoRA on the shared model: a request with no adapter still takes the one-call step; one
+    with an adapter takes the per-projection path, which adds the update (as the merged model does)."""
+    model = _tiny()
+    if quantize:
+        quantize_int8(model)
+    gpt2.install_lora(model)
+    adapter = gpt2.LoRAAdapter(model, gpt2.LoRAConfig(rank=4, alpha=8, targets=("attn.c_attn",)), seed=1)
+    with torch.no_grad():
+        for b in adapter.lora_B.values():
+            b.normal_(0, 0.2, generator=torch.Generator().manual_seed(2))
+    (plain, _), calls = _counting(_decode, model, 4)
+    assert calls.count("decode_layers") == 8
+    with gpt2.use_adapter(adapter):
+        (adapted, logits), calls = _counting(_decode, model, 4)
+    assert "decode_layers" not in calls
+    _, plain_logits = _decode(model, 4)
+    assert (logits - plain_logits).abs().max() > 1e-3  # the update is there
+    if not quantize:  # the merged fp32 model (a plain GPT2: the one-call step) gives the same logits
+        (_, merged), calls = _counting(_decode, gpt2.merge_lora(model, adapter), 4)
+        assert calls.count("decode_layers") == 8
+        torch.testing.assert_close(logits, merged, rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
 def test_threads_get_their_own_results():
     gen = torch.Generator().manual_seed(2)
     w = _weight(3072, 768, "kn", gen)
@@ -221,6 +268,23 @@ def test_threads_get_their_own_results():
     for t in threads:
         t.join()
     assert not errors
+
+
+@needs_compiler
+def test_concurrent_decodes_on_one_model_match_a_lone_one():
+    model = _tiny(3)
+    _, alone = _decode(model)
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i: int) -> None:
+        results[i] = _decode(model)[1]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 6 and all(torch.equal(r, alone) for r in results.values())
 
 
 @needs_compiler
