@@ -25,6 +25,7 @@ from .sampling import (
     make_generator,
     process_logits,
     sample,
+    topk,
 )
 from .tokenizer import EOT_ID, encode, get_tokenizer
 
@@ -176,10 +177,9 @@ def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool,
 def _details(logits, processed, token, trace, k, keep_logits, window_start, greedy: bool) -> StepDetails:
     """What the tabs show about one step. Only vocabulary-wide work that is needed: one log-softmax, one top-k;
     the sampler's probabilities only at the shown ids (greedy: all on the arg-max, as temperature 0 leaves it)."""
-    logp = logits.log_softmax(-1)
-    raw = logp.exp()
-    top = logits.topk(min(k, logits.numel())).indices  # the same order as the probabilities'
-    entropy = -(raw @ logp.nan_to_num(neginf=0.0))  # 0 * -inf terms (probability 0) count 0
+    raw = logits.softmax(-1)
+    top = topk(logits, min(k, logits.numel()))[1]  # the same order as the probabilities'
+    entropy = torch.special.entr(raw).sum()  # -p log p, 0 where p is 0 (a -inf logit)
     ids = torch.cat([top, torch.tensor([token], device=top.device)])
     if greedy:
         probs = (ids == processed.argmax()).float()

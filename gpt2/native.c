@@ -50,70 +50,31 @@ void gemv_kn_f32(const float *x, const float *w, const float *b, float *y, int K
   }
 }
 
-/* W stored as (N, K) rows (a contiguous nn.Linear weight): four dot products at a time. */
+/* W stored as (N, K) rows (a contiguous nn.Linear weight): one dot product per output, each thread streaming
+ * one contiguous run of rows (as the int8 loops below, where that read faster than four rows at a time). */
 void gemv_nk_f32(const float *x, const float *w, const float *b, float *y, int K, int N, int nt) {
-  int blocks = (N + 3) / 4;
 #pragma omp parallel for schedule(static) num_threads(nt)
-  for (int i = 0; i < blocks; i++) {
-    int n = 4 * i;
-    if (n + 4 <= N) {
-      const float *w0 = w + (size_t)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-      float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-      for (int k = 0; k < K; k++) {
-        a0 += w0[k] * x[k];
-        a1 += w1[k] * x[k];
-        a2 += w2[k] * x[k];
-        a3 += w3[k] * x[k];
-      }
-      y[n] = a0 + BIAS(n);
-      y[n + 1] = a1 + BIAS(n + 1);
-      y[n + 2] = a2 + BIAS(n + 2);
-      y[n + 3] = a3 + BIAS(n + 3);
-    } else {
-      for (; n < N; n++) {
-        const float *wn = w + (size_t)n * K;
-        float a = 0.f;
+  for (int n = 0; n < N; n++) {
+    const float *wn = w + (size_t)n * K;
+    float a = 0.f;
 #pragma omp simd reduction(+ : a)
-        for (int k = 0; k < K; k++) a += wn[k] * x[k];
-        y[n] = a + BIAS(n);
-      }
-    }
+    for (int k = 0; k < K; k++) a += wn[k] * x[k];
+    y[n] = a + BIAS(n);
   }
 }
 
 /* W = q * s[:, None]: q (N, K) int8 rows, one fp32 scale per output. fp32 in and out, the scale and bias
- * applied once per output. The portable loop converts every weight to float; with AVX-512 VNNI the
- * products are int8 x int8 instead (see below), a third of the instructions per weight. */
+ * applied once per output. This portable loop converts every weight to float; with AVX-512 VNNI or AVX2 the
+ * products are int8 x int8 instead (below), a third of the instructions per weight. */
 static void gemv_q8_f32(const float *x, const int8_t *q, const float *s, const float *b, float *y, int K, int N,
                         int nt) {
-  int blocks = (N + 3) / 4;
 #pragma omp parallel for schedule(static) num_threads(nt)
-  for (int i = 0; i < blocks; i++) {
-    int n = 4 * i;
-    if (n + 4 <= N) {
-      const int8_t *q0 = q + (size_t)n * K, *q1 = q0 + K, *q2 = q1 + K, *q3 = q2 + K;
-      float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-      for (int k = 0; k < K; k++) {
-        a0 += q0[k] * x[k];
-        a1 += q1[k] * x[k];
-        a2 += q2[k] * x[k];
-        a3 += q3[k] * x[k];
-      }
-      y[n] = s[n] * a0 + BIAS(n);
-      y[n + 1] = s[n + 1] * a1 + BIAS(n + 1);
-      y[n + 2] = s[n + 2] * a2 + BIAS(n + 2);
-      y[n + 3] = s[n + 3] * a3 + BIAS(n + 3);
-    } else {
-      for (; n < N; n++) {
-        const int8_t *qn = q + (size_t)n * K;
-        float a = 0.f;
+  for (int n = 0; n < N; n++) {
+    const int8_t *qn = q + (size_t)n * K;
+    float a = 0.f;
 #pragma omp simd reduction(+ : a)
-        for (int k = 0; k < K; k++) a += qn[k] * x[k];
-        y[n] = s[n] * a + BIAS(n);
-      }
-    }
+    for (int k = 0; k < K; k++) a += qn[k] * x[k];
+    y[n] = s[n] * a + BIAS(n);
   }
 }
 

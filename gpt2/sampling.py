@@ -104,11 +104,32 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return scaled
 
 
+_TOPK_ROW = 2048  # elements per row of ``topk``'s first stage: torch's work array for a row stays under 64 kB
+
+
+def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(x, k, dim=-1)`` (values, indices; largest first), in two stages on a CPU: the top ``k`` of
+    each row of ``_TOPK_ROW``, then of those. torch's CPU top-k takes a 16-byte work entry per element, 800 kB
+    for GPT-2's vocabulary: under the app's allocator (``ui.memory``: blocks over 64 kB are mapped from the
+    OS) each call maps and faults it in, 0.40 ms instead of 0.06 ms; a row's stays in the heap."""
+    V = x.size(-1)
+    if x.device.type != "cpu" or V <= _TOPK_ROW or k > _TOPK_ROW:
+        return tuple(torch.topk(x, k, dim=-1))
+    head = V // _TOPK_ROW * _TOPK_ROW
+    values, idx = torch.topk(x[..., :head].reshape(*x.shape[:-1], -1, _TOPK_ROW), k, dim=-1)  # (..., rows, k)
+    values, idx = values.flatten(-2), (idx + torch.arange(0, head, _TOPK_ROW)[:, None]).flatten(-2)
+    if head < V:  # the last, partial row
+        tail_values, tail_idx = torch.topk(x[..., head:], min(k, V - head), dim=-1)
+        values, idx = torch.cat([values, tail_values], dim=-1), torch.cat([idx, tail_idx + head], dim=-1)
+    values, pick = torch.topk(values, k, dim=-1)
+    return values, idx.gather(-1, pick)
+
+
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` highest logits (ties at the boundary are kept, as in HF)."""
     if k <= 0 or k >= logits.size(-1):
         return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    kth = topk(logits, k)[0][..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
 

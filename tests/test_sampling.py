@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gpt2
+from gpt2.sampling import topk
 
 lp = pytest.importorskip("transformers.generation.logits_process")
 
@@ -192,3 +193,16 @@ def test_process_logits_matches_transformers_on_the_bundled_model(case):
 @functools.cache
 def _bundled() -> gpt2.GPT2:
     return gpt2.GPT2.from_pretrained(BUNDLED, device="cpu", dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("shape, k", [((50257,), 20), ((3, 50257), 40), ((100,), 5), ((4100,), 2048),
+                                      ((6144,), 1), ((2, 2049), 7), ((5000,), 4096)])
+def test_two_stage_topk_equals_torchs(shape, k):
+    """``gpt2.sampling.topk`` (rows of 2,048, then the best of theirs) returns exactly ``torch.topk``'s answer."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(k))
+    x[..., ::7] = float("-inf")  # masked tokens, as a compact vocabulary or an earlier stage leaves them
+    values, idx = topk(x, k)
+    want = torch.topk(x, k, dim=-1)
+    assert torch.equal(values, want.values)
+    assert torch.equal(x.gather(-1, idx), want.values)  # indices of those values, each once
+    assert all(len(set(row)) == k for row in idx.reshape(-1, k).tolist())
