@@ -130,9 +130,9 @@ def _adapted(key: str) -> bool:
 
 def _with_delta(key: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``y`` plus the active adapter's low-rank update of the projection ``key`` (if it has one)."""
-    if not _adapted(key):
-        return y
     active = _ACTIVE.get()
+    if active is None or key not in active.adapter.lora_A:
+        return y
     ad = active.adapter
     a, b = ad.lora_A[key], ad.lora_B[key]
     h = F.dropout(x, ad.config.dropout, training=active.train) if ad.config.dropout else x

@@ -251,7 +251,7 @@ class GPT2(nn.Module):
 
     def _native_step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
         """Every block for one cached position in one native call (``gpt2.native.decode_layers``), or None
-        where it does not apply (a GPU, bf16, a batch, a LoRA adapter installed, no compiler)."""
+        where it does not apply (a GPU, bf16, a batch, a LoRA update active in this context, no compiler)."""
         layers = []
         for block in self.transformer.h:
             projections = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)

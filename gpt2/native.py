@@ -5,7 +5,7 @@ weights take to stream from memory. On the CPUs measured (``benchmarks/RESULTS.m
 (MKL) streams about half of what two cores can read, its int8 kernel takes bf16 inputs (two casts around
 each product), and the Python and small ops around the products cost ~2 ms per GPT-2 124M token. ``native.c``
 holds loops that stream at the memory's speed (fp32 rows in either layout; int8 rows, with int8 x int8
-products on AVX-512 VNNI), one-query attention over the KV cache, and ``decode_layers``: one decoding step
+products on AVX-512 VNNI or AVX2), one-query attention over the KV cache, and ``decode_layers``: one decoding step
 through every block in one call. It is compiled on first use with the machine's C compiler (``-O3
 -march=native``, well under a second) into a cache directory, and linked to the OpenMP runtime torch itself
 loaded, so the loops share torch's threads.
@@ -49,14 +49,13 @@ _local = threading.local()  # ``disabled()``: per thread, so one request never s
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _openmp_runtime() -> str | None:
-    """The path of the GNU OpenMP library torch loaded, or None (another runtime, or no /proc)."""
+def _torch_uses_libgomp() -> bool:
+    """Whether torch loaded GNU's OpenMP (``libgomp.so.1``): the library then links the same runtime (the loader
+    reuses a loaded soname), so its loops share torch's threads. Another runtime would bring a second pool."""
     try:
-        maps = Path("/proc/self/maps").read_text()
+        return "libgomp" in Path("/proc/self/maps").read_text()
     except OSError:
-        return None
-    paths = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line}
-    return min(paths) if paths else None
+        return False
 
 
 def _cache_dir() -> Path:
@@ -107,7 +106,7 @@ def _load() -> ctypes.CDLL | None:
         log.info("native kernels off (GPT2_NATIVE=0): torch's kernels throughout")
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler or _openmp_runtime() is None:
+    if not compiler or not _torch_uses_libgomp():
         log.warning("native kernels unavailable (%s): decoding uses torch's kernels",
                     "no C compiler" if not compiler else "torch's OpenMP runtime is not libgomp")
         return None
@@ -146,8 +145,8 @@ def available() -> bool:
 
 
 def int8_activations() -> bool:
-    """Whether int8 rows multiply int8 activations (AVX-512 VNNI; for ``in_features % 64 == 0``): each group
-    of four inputs rounded to int8 with its own scale. Otherwise the activations stay fp32."""
+    """Whether int8 rows multiply int8 activations (AVX-512 VNNI or AVX2; for ``in_features % 64 == 0``): each
+    group of four inputs rounded to int8 with its own scale. Otherwise the activations stay fp32."""
     lib = _lib()
     return bool(lib is not None and lib.q8_native_products())
 

@@ -4,8 +4,8 @@ Batch-1 decoding reads every weight once per token, so on a CPU its speed is set
 arithmetic. ``quantize_int8(model)`` swaps every block projection and the tied embedding/output head for
 int8 weights with one scale per output channel (symmetric: ``w ≈ q * s``, ``q`` in [-127, 127], ``s =
 max|w_row| / 127``). A decoded row on a CPU (fp32, no gradient) goes through ``gpt2.native``'s int8 loop
-(int8 x int8 products with AVX-512 VNNI, each group of four inputs rounded with its own scale; fp32 inputs
-elsewhere). Other products run in ``torch.ops.aten._weight_int8pack_mm``, which reads the int8 weights and
+(int8 x int8 products with AVX-512 VNNI or AVX2, each group of four inputs rounded with its own scale;
+fp32 inputs elsewhere). Other products run in ``torch.ops.aten._weight_int8pack_mm``, which reads the int8 weights and
 multiplies bf16 activations (measured on AVX2 and AVX-512 CPUs: its fp32-activation path is several times
 slower, so inputs are rounded to bf16 there and outputs come back in the model's dtype). Everything else
 (LayerNorms, attention, the residual stream, the KV cache) keeps the model's dtype.
