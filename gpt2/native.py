@@ -46,7 +46,9 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # empty until the first attempt; then [library] or [None]
 _local = threading.local()  # ``disabled()``: per thread, so one request never switches another's path
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN's GEMM for fp32 rows the native loops do not take (GPT2_NATIVE=0: torch's default kernels only)
+_ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+           and os.environ.get("GPT2_NATIVE", "1") != "0")
 
 
 def _torch_uses_libgomp() -> bool:
