@@ -1,4 +1,5 @@
-/* Batch-1 matrix-vector products for decoding on a CPU, compiled on first use by gpt2/native.py.
+/* Decoding on a CPU, compiled on first use by gpt2/native.py: batch-1 matrix-vector products, one-query
+ * attention over the KV cache, and a whole decoding step through every block (decode_layers).
  *
  * Decoding one token reads every weight once, so its speed is the speed at which the weights stream from
  * memory. torch's fp32 GEMV (MKL) streams about half of what two cores can read, and its int8 kernel wants
@@ -7,7 +8,7 @@
  * machine it runs on (-O3 -march=native; `omp simd` allows the reordered sums without -ffast-math).
  * Threads come from torch's own OpenMP runtime (the library links the libgomp torch loaded).
  *
- * Every function: y (N) = x (K) @ W^T + b, W being the (N, K) weight of nn.Linear; b may be NULL.
+ * Every product: y (N) = x (K) @ W^T + b, W being the (N, K) weight of nn.Linear; b may be NULL.
  */
 #include <stddef.h>
 #include <stdint.h>

@@ -121,7 +121,7 @@ class Int8Linear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
     def native_spec(self) -> object | None:
-        """This projection for ``gpt2.native.decode_layers``; None for a subclass (LoRA adds to the product)."""
+        """This projection for ``gpt2.native.decode_layers``; None for a subclass, whose forward may do more."""
         return int8_spec(self.qweight, self.scales, self.bias) if type(self) is Int8Linear else None
 
     @property

@@ -249,6 +249,19 @@ def test_an_active_adapter_keeps_its_update_and_an_idle_one_the_fused_step(quant
 
 
 @needs_compiler
+def test_with_gradients_enabled_the_step_stays_in_torch():
+    """Autograd cannot see through the one-call step: with gradients on it is never taken, even on a frozen
+    int8 model whose inputs want none (the per-projection loops still check each call's tensors)."""
+    model = quantize_int8(_tiny())
+    cache = model.new_cache()
+    _, calls = _counting(model, torch.tensor([[5]]), cache, last_only=True)
+    assert torch.is_grad_enabled() and "decode_layers" not in calls and "gemv_q8" in calls
+    with torch.no_grad():
+        _, calls = _counting(model, torch.tensor([[6]]), cache, last_only=True)
+    assert calls == ["decode_layers", "gemv_q8"]
+
+
+@needs_compiler
 def test_threads_get_their_own_results():
     gen = torch.Generator().manual_seed(2)
     w = _weight(3072, 768, "kn", gen)
