@@ -86,6 +86,7 @@ def test_the_induction_demo_loses_the_second_copy_without_its_induction_heads(br
     preset = visible(page.get_by_label("preset", exact=True))
     preset.click()
     page.get_by_role("option", name="top 3 induction heads", exact=True).click()
+    wait_idle(page)  # the preset's own event first: a click while it runs can meet the session's request cap
     text = page.locator("#ablate-text textarea")
     before = text.input_value()
     visible(page.get_by_role("button", name="use repeated random tokens", exact=True)).click()  # this model's probe
