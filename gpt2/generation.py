@@ -18,6 +18,7 @@ import torch
 from .config import GPTConfig
 from .edit import Edit
 from .model import GPT2, KVCache, Trace
+from .native import logit_stats
 from .sampling import (
     SamplingParams,
     apply_no_repeat_ngram,
@@ -173,32 +174,45 @@ def _forward(model: GPT2, ids: torch.Tensor, cache: KVCache, want_attn: bool,
     return logits, trace
 
 
+def _top_and_stats(x: torch.Tensor, k: int) -> tuple[np.ndarray, float, float]:
+    """The indices of the ``k`` largest of the CPU row ``x`` (largest first), then the log of its softmax's
+    normaliser and that softmax's entropy in nats: one native pass (``native.logit_stats``), else torch."""
+    stats = logit_stats(x, k)
+    if stats is not None:
+        return stats[3], stats[1], stats[2]
+    entropy = torch.special.entr(x.softmax(-1)).sum()  # -p log p, 0 where p is 0 (a -inf logit)
+    return topk(x, k)[1].numpy(), float(x.logsumexp(-1)), float(entropy)
+
+
 @stepwise
 def _details(logits, processed, token, trace, k, keep_logits, window_start, greedy: bool) -> StepDetails:
-    """What the tabs show about one step. Only vocabulary-wide work that is needed: one log-softmax, one top-k;
-    the sampler's probabilities only at the shown ids (greedy: all on the arg-max, as temperature 0 leaves it)."""
-    raw = logits.softmax(-1)
-    top = topk(logits, min(k, logits.numel()))[1]  # the same order as the probabilities'
-    entropy = torch.special.entr(raw).sum()  # -p log p, 0 where p is 0 (a -inf logit)
-    ids = torch.cat([top, torch.tensor([token], device=top.device)])
-    if greedy:
-        probs = (ids == processed.argmax()).float()
+    """What the tabs show about one step. Only vocabulary-wide work that is needed: the top ``k``, the raw
+    distribution's normaliser and entropy; probabilities only at the shown ids (greedy: the sampler puts all
+    on the arg-max, as temperature 0 leaves it). On the CPU, in numpy: a few ids cost µs there, tens of µs
+    each as torch ops."""
+    x = logits.cpu()
+    top, lse, entropy = _top_and_stats(x, min(k, x.numel()))
+    ids = np.append(top, token)
+    raw = np.exp(x.numpy()[ids] - lse)
+    if greedy:  # the pick is the arg-max of ``processed``: ``logits`` itself but for a penalty or a ban
+        best = top[0] if processed is logits and len(top) else int(processed.argmax())
+        probs = (ids == best).astype(np.float32)
     else:
-        probs = (processed[ids] - processed.logsumexp(-1)).exp()
+        p = processed.cpu()
+        probs = np.exp(p.numpy()[ids] - _top_and_stats(p, 0)[1])
     attn = None
     if trace is not None:
         attn = torch.stack([trace.attn[i][0, :, 0] for i in sorted(trace.attn)]).cpu().numpy()  # (L, nh, Tk)
-    probs = probs.cpu().numpy()
     return StepDetails(
-        top_ids=top.cpu().numpy(),
-        raw_probs=raw[top].cpu().numpy(),
+        top_ids=top,
+        raw_probs=raw[:-1],
         probs=probs[:-1],
-        chosen_raw_prob=float(raw[token]),
+        chosen_raw_prob=float(raw[-1]),
         chosen_prob=float(probs[-1]),
-        entropy=float(entropy),
+        entropy=entropy,
         window_start=window_start,
         attn=attn,
-        logits=logits.cpu().numpy() if keep_logits else None,
+        logits=x.numpy() if keep_logits else None,
     )
 
 

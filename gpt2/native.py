@@ -5,8 +5,8 @@ weights take to stream from memory. On the CPUs measured (``benchmarks/RESULTS.m
 (MKL) streams about half of what two cores can read, its int8 kernel takes bf16 inputs (two casts around
 each product), and the Python and small ops around the products cost ~2 ms per GPT-2 124M token. ``native.c``
 holds loops that stream at the memory's speed (fp32 rows in either layout; int8 rows, with int8 x int8
-products on AVX-512 VNNI or AVX2), one-query attention over the KV cache, and ``decode_layers``: one decoding step
-through every block in one call. It is compiled on first use with the machine's C compiler (``-O3
+products on AVX-512 VNNI or AVX2), one-query attention over the KV cache, ``decode_layers``: one decoding step
+through every block in one call, and ``logit_stats``: what a step's details need from its vocabulary-wide logits. It is compiled on first use with the machine's C compiler (``-O3
 -march=native``, well under a second) into a cache directory, and linked to the OpenMP runtime torch itself
 loaded, so the loops share torch's threads.
 
@@ -33,11 +33,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Linear", "linear", "int8_linear", "attention_one", "available", "int8_activations", "disabled"]
+__all__ = ["Linear", "linear", "int8_linear", "attention_one", "logit_stats", "available", "int8_activations",
+           "disabled"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,8 @@ def _load() -> ctypes.CDLL | None:
     lib.attn_one.argtypes = [vp] * 4 + [i] * 4 + [ctypes.c_long] * 3 + [i]
     lib.decode_layers.restype = None
     lib.decode_layers.argtypes = [vp, vp, i, i, i, i, ctypes.c_long, ctypes.c_float, i]
+    lib.logit_stats.restype = None
+    lib.logit_stats.argtypes = [vp, ctypes.c_long, i, vp, vp]
     lib.q8_native_products.restype = i
     lib.q8_native_products.argtypes = []
     return lib
@@ -232,6 +236,25 @@ def attention_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     lib.attn_one(q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(), B, nh, hs, L, q.stride(0), k.stride(0),
                  k.stride(1), torch.get_num_threads())
     return y
+
+
+_MAX_TOP = 64  # native.c's top_k keeps its candidates on the stack
+
+
+def logit_stats(x: torch.Tensor, k: int = 0) -> tuple[float, float, float, np.ndarray] | None:
+    """``(max, logsumexp, entropy of the softmax in nats, indices of the k largest, largest first)`` of one
+    row of fp32 logits on a CPU (``0 <= k <= 64``), read twice in one thread: what a decoding step's details
+    need, without the vocabulary-sized temporaries and the OpenMP wake-ups of eight torch ops. None
+    elsewhere (then use torch). Values only: no gradient flows through them."""
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 1 and x.is_contiguous()
+            and 0 <= k <= min(_MAX_TOP, x.numel()) and x.numel() and not getattr(_local, "off", False)):
+        return None
+    lib = _lib()
+    if lib is None:
+        return None
+    top, out = np.empty(k, np.int64), (ctypes.c_float * 3)()
+    lib.logit_stats(x.data_ptr(), x.numel(), k, top.ctypes.data, out)
+    return out[0], out[1], out[2], top
 
 
 class _Lin(ctypes.Structure):  # native.c's lin_t

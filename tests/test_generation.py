@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, random_model
@@ -129,6 +132,35 @@ def test_step_details(tiny_model):
         raw = torch.tensor(d.logits).softmax(-1)
         assert abs(float(raw[s.token_id]) - d.chosen_raw_prob) < 1e-6
     assert steps[0].details.attn is not None and steps[1].details.window_start == 0
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+@pytest.mark.parametrize("params", [
+    gpt2.SamplingParams(temperature=0.9, top_k=7, top_p=0.9, repetition_penalty=1.3, max_new_tokens=6, seed=3),
+    gpt2.SamplingParams(temperature=0, repetition_penalty=1.5, max_new_tokens=6),  # the penalty moves the arg-max
+    gpt2.SamplingParams(temperature=0, max_new_tokens=6),
+], ids=["sampled", "greedy-penalty", "greedy"])
+def test_step_details_are_the_distributions_at_the_shown_ids(tiny_model, params, native_on):
+    """Every number of a step's details against torch's softmax of the step's logits, raw and after the
+    sampler, on the native path and on torch's; forced tokens too (a branch: the pick is not the top)."""
+    prompt, forced = [10, 11, 12], [400, 401]
+    with contextlib.nullcontext() if native_on else gpt2.native.disabled():
+        steps = list(gpt2.generate(tiny_model, prompt, dataclasses.replace(params, stop_at_eos=False),
+                                   top_candidates=12, keep_logits=True, forced_ids=forced))
+    seen = list(prompt)
+    for s in steps:
+        d, logits = s.details, torch.tensor(s.details.logits)
+        raw = logits.softmax(-1)
+        processed = gpt2.process_logits(logits, torch.tensor(seen), params).softmax(-1)
+        top = torch.topk(logits, 12).indices
+        assert d.top_ids.tolist() == top.tolist()
+        np.testing.assert_allclose(d.raw_probs, raw[top], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(d.probs, processed[top], rtol=1e-5, atol=1e-7)
+        assert d.chosen_raw_prob == pytest.approx(raw[s.token_id].item(), rel=1e-5, abs=1e-7)
+        assert d.chosen_prob == pytest.approx(processed[s.token_id].item(), rel=1e-5, abs=1e-7)
+        assert d.entropy == pytest.approx(torch.special.entr(raw).sum().item(), rel=1e-5)
+        seen.append(s.token_id)
+    assert [s.token_id for s in steps[:2]] == forced
 
 
 def test_generate_text_returns_only_the_continuation(tiny_model):

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,45 @@ def test_the_avx2_build_matches_too(tmp_path):
         lib.gemv_q8(*(ctypes.c_void_p(t.data_ptr()) for t in (x, q, s, bias, y)), k, n, 2)
         torch.testing.assert_close(y, F.linear(_as_kernel_sees(x), dequantize(q, s), bias), rtol=1e-5,
                                    atol=1e-5 * k**0.5)
+
+
+def _logit_rows(gen: torch.Generator) -> list[torch.Tensor]:
+    """Rows a step's details meet: GPT-2-sized and ragged sizes, model-like spreads, a sampler's -inf."""
+    rows = [torch.randn(v, generator=gen) * scale - 40 for v in (1, 15, 257, 50257) for scale in (1, 8)]
+    filtered = torch.randn(50257, generator=gen) * 3
+    filtered[torch.randperm(50257, generator=gen)[40:]] = float("-inf")  # top-k 40
+    wide = torch.randn(5000, generator=gen)
+    wide[::7] -= 200.0  # exp() of these is 0 in fp32
+    return [*rows, filtered, wide]
+
+
+@needs_compiler
+@pytest.mark.parametrize("k", [0, 1, 20, 64])
+def test_logit_stats_match_torch(k):
+    gen = torch.Generator().manual_seed(k)
+    for x in _logit_rows(gen):
+        kk = min(k, x.numel())
+        m, lse, entropy, top = native.logit_stats(x, kk)
+        assert m == x.max().item()
+        assert lse == pytest.approx(x.logsumexp(-1).item(), abs=2e-6 * max(1.0, abs(m)))
+        assert entropy == pytest.approx(torch.special.entr(x.softmax(-1)).sum().item(), abs=1e-5, rel=1e-5)
+        ref = torch.topk(x, kk)
+        assert top.dtype == np.int64 and len(set(top.tolist())) == kk
+        assert x[top].tolist() == ref.values.tolist()  # the same values, largest first
+        finite = ref.values > float("-inf")  # which of the -inf ties come first is torch's choice
+        assert top[finite.numpy()].tolist() == ref.indices[finite].tolist()
+
+
+@needs_compiler
+def test_logit_stats_order_ties_by_index_and_refuse_what_they_cannot_take():
+    x = torch.zeros(100)
+    x[[70, 3, 50]] = 1.0
+    assert native.logit_stats(x, 4)[3].tolist() == [3, 50, 70, 0]
+    assert native.logit_stats(x, 65) is None  # more than the loop keeps: the caller uses torch
+    assert native.logit_stats(torch.zeros(10, 2)[:, 0], 1) is None  # not contiguous
+    assert native.logit_stats(torch.zeros(5, dtype=torch.float64), 1) is None
+    with native.disabled():
+        assert native.logit_stats(x, 1) is None
 
 
 @needs_compiler
