@@ -5,10 +5,11 @@ weights take to stream from memory. On the CPUs measured (``benchmarks/RESULTS.m
 (MKL) streams about half of what two cores can read, its int8 kernel takes bf16 inputs (two casts around
 each product), and the Python and small ops around the products cost ~2 ms per GPT-2 124M token. ``native.c``
 holds loops that stream at the memory's speed (fp32 rows in either layout; int8 rows, with int8 x int8
-products on AVX-512 VNNI or AVX2), one-query attention over the KV cache, ``decode_layers``: one decoding step
-through every block in one call, and ``logit_stats``: what a step's details need from its vocabulary-wide logits. It is compiled on first use with the machine's C compiler (``-O3
--march=native``, well under a second) into a cache directory, and linked to the OpenMP runtime torch itself
-loaded, so the loops share torch's threads.
+products on AVX-512 VNNI or AVX2), one-query attention over the KV cache, ``decode_layers``: one decoding
+step through every block in one call, and ``logit_stats``: what a step's details need from the vocabulary's
+logits. It is compiled on first use with the machine's C compiler (``-O3 -march=native``, well under a second)
+into a cache directory, and linked to the OpenMP runtime torch itself loaded, so the loops share torch's
+threads.
 
 They apply only where the arithmetic is the model's: fp32 activations on a CPU, no gradient wanted; one row
 for the loops (``linear``, ``int8_linear``, ``attention_one``), and for ``decode_layers`` also batch 1, no
