@@ -20,12 +20,15 @@ from .edit import Edit
 from .model import GPT2, KVCache, Trace
 from .native import logit_stats
 from .sampling import (
+    Candidates,
     SamplingParams,
     apply_no_repeat_ngram,
     apply_repetition_penalty,
     make_generator,
     process_logits,
     sample,
+    sample_candidates,
+    top_k_candidates,
     topk,
 )
 from .tokenizer import EOT_ID, encode, get_tokenizer
@@ -184,6 +187,15 @@ def _top_and_stats(x: torch.Tensor, k: int) -> tuple[np.ndarray, float, float]:
     return topk(x, k)[1].numpy(), float(x.logsumexp(-1)), float(entropy)
 
 
+def _sampler_probs(processed: torch.Tensor | Candidates, ids: np.ndarray) -> np.ndarray:
+    """The processed distribution's probabilities at ``ids``."""
+    if isinstance(processed, Candidates):
+        probs = dict(zip(processed.ids.tolist(), processed.logits.float().softmax(-1).tolist(), strict=True))
+        return np.array([probs.get(i, 0.0) for i in ids.tolist()], np.float32)
+    p = processed.cpu()
+    return np.exp(p.numpy()[ids] - _top_and_stats(p, 0)[1])
+
+
 @stepwise
 def _details(logits, processed, token, trace, k, keep_logits, window_start, greedy: bool) -> StepDetails:
     """What the tabs show about one step. Only vocabulary-wide work that is needed: the top ``k``, the raw
@@ -198,8 +210,7 @@ def _details(logits, processed, token, trace, k, keep_logits, window_start, gree
         best = top[0] if processed is logits and len(top) else int(processed.argmax())
         probs = (ids == best).astype(np.float32)
     else:
-        p = processed.cpu()
-        probs = np.exp(p.numpy()[ids] - _top_and_stats(p, 0)[1])
+        probs = _sampler_probs(processed, ids)
     attn = None
     if trace is not None:
         attn = torch.stack([trace.attn[i][0, :, 0] for i in sorted(trace.attn)]).cpu().numpy()  # (L, nh, Tk)
@@ -217,18 +228,23 @@ def _details(logits, processed, token, trace, k, keep_logits, window_start, gree
 
 
 def _pick(logits: torch.Tensor, prev_ids: torch.Tensor, params: SamplingParams,
-          gen: torch.Generator) -> tuple[torch.Tensor, int]:
-    """The processed logits and the next token (its ``int`` is the step's one device sync).
+          gen: torch.Generator) -> tuple[torch.Tensor | Candidates, int]:
+    """The processed distribution (logits, or a top-k's ``Candidates``) and the next token (its ``int`` is
+    the step's one device sync).
 
     Greedy only needs the arg-max: temperature 0 keeps just the
     arg-max token and every later filter keeps the top one, so only the repetition penalty and the n-gram
-    ban can change the pick. Skipping the other stages saves masked vocabulary-sized copies per token.
+    ban can change the pick. Skipping the other stages saves masked vocabulary-sized copies per token; with
+    a top-k, so does drawing from its candidates alone.
     """
     if params.greedy:  # the details know temperature 0 puts all probability on the arg-max
         processed = apply_repetition_penalty(logits, prev_ids, params.repetition_penalty)
         processed = apply_no_repeat_ngram(processed, prev_ids, params.no_repeat_ngram_size)
-    else:
-        processed = process_logits(logits, prev_ids, params)
+        return processed, int(sample(processed, params, gen))
+    candidates = top_k_candidates(logits, prev_ids, params)
+    if candidates is not None:
+        return candidates, sample_candidates(candidates, gen)
+    processed = process_logits(logits, prev_ids, params)
     return processed, int(sample(processed, params, gen))
 
 

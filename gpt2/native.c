@@ -325,7 +325,7 @@ static void exp_sums(const float *x, int len, float m, float *z, float *es) {
 /* The k (1..64) largest of x, largest first (ties: the lower index first), into idx; their values into val.
  * Blocks of 16 whose maximum cannot enter are skipped, so past the first blocks a row costs one compare
  * per element. */
-static void top_k(const float *x, long V, int k, int64_t *idx, float *val) {
+void top_k(const float *x, long V, int k, int64_t *idx, float *val) {
   int n = 0;
   for (long b0 = 0; b0 < V; b0 += 16) {
     const long b1 = b0 + 16 < V ? b0 + 16 : V;

@@ -39,8 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Linear", "linear", "int8_linear", "attention_one", "logit_stats", "available", "int8_activations",
-           "disabled"]
+__all__ = ["Linear", "linear", "int8_linear", "attention_one", "logit_stats", "top_k", "available",
+           "int8_activations", "disabled"]
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,9 @@ def _load() -> ctypes.CDLL | None:
     lib.attn_one.argtypes = [vp] * 4 + [i] * 4 + [ctypes.c_long] * 3 + [i]
     lib.decode_layers.restype = None
     lib.decode_layers.argtypes = [vp, vp, i, i, i, i, ctypes.c_long, ctypes.c_float, i]
-    lib.logit_stats.restype = None
-    lib.logit_stats.argtypes = [vp, ctypes.c_long, i, vp, vp]
+    for name in ("logit_stats", "top_k"):
+        getattr(lib, name).restype = None
+        getattr(lib, name).argtypes = [vp, ctypes.c_long, i, vp, vp]
     lib.q8_native_products.restype = i
     lib.q8_native_products.argtypes = []
     return lib
@@ -256,6 +257,20 @@ def logit_stats(x: torch.Tensor, k: int = 0) -> tuple[float, float, float, np.nd
     top, out = np.empty(k, np.int64), (ctypes.c_float * 3)()
     lib.logit_stats(x.data_ptr(), x.numel(), k, top.ctypes.data, out)
     return out[0], out[1], out[2], top
+
+
+def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``torch.topk(x, k)`` (values, indices; largest first, ties by the lower index) of one fp32 row on a CPU
+    with no gradient wanted, ``1 <= k <= 64``, in one pass: 0.1 ms for GPT-2's vocabulary just after a
+    decoding step, where torch's takes 0.5. None elsewhere (then use torch)."""
+    if not (_fast_ok(x) and x.dim() == 1 and x.is_contiguous() and 0 < k <= min(_MAX_TOP, x.numel())):
+        return None
+    lib = _lib()
+    if lib is None:
+        return None
+    values, ids = torch.empty(k), torch.empty(k, dtype=torch.long)
+    lib.top_k(x.data_ptr(), x.numel(), k, ids.data_ptr(), values.data_ptr())
+    return values, ids
 
 
 class _Lin(ctypes.Structure):  # native.c's lin_t

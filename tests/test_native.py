@@ -139,6 +139,17 @@ def test_logit_stats_match_torch(k):
 
 
 @needs_compiler
+@pytest.mark.parametrize("k", [1, 20, 41, 64])
+def test_top_k_matches_torch(k):
+    gen = torch.Generator().manual_seed(k)
+    for x in _logit_rows(gen)[:-2]:  # rows without ties
+        values, ids = native.top_k(x, min(k, x.numel()))
+        ref = torch.topk(x, min(k, x.numel()))
+        assert torch.equal(values, ref.values) and torch.equal(ids, ref.indices)
+    assert native.top_k(torch.randn(10, requires_grad=True), 2) is None  # a gradient wanted: torch's
+
+
+@needs_compiler
 def test_logit_stats_order_ties_by_index_and_refuse_what_they_cannot_take():
     x = torch.zeros(100)
     x[[70, 3, 50]] = 1.0

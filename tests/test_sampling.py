@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gpt2
-from gpt2.sampling import topk
+from gpt2.sampling import Candidates, sample_candidates, top_k_candidates, topk
 
 lp = pytest.importorskip("transformers.generation.logits_process")
 
@@ -143,6 +143,47 @@ def test_sampling_follows_the_distribution():
         torch.stack([gpt2.sample(processed, gpt2.SamplingParams(), gen) for _ in range(4000)]), minlength=3
     )
     assert torch.allclose(counts / 4000, torch.tensor([0.7, 0.2, 0.1]), atol=0.03)
+
+
+TOP_K_CASES = [c for c in CASES if c.get("top_k")] + [
+    dict(temperature=0.8, top_k=40), dict(top_k=1024, top_p=0.8), dict(temperature=0.3, top_k=7, min_p=0.2),
+    dict(top_k=30, repetition_penalty=1.4, no_repeat_ngram_size=2, epsilon_cutoff=3e-3, eta_cutoff=1e-3),
+]
+
+
+@pytest.mark.parametrize("case", TOP_K_CASES, ids=[",".join(f"{k}={v}" for k, v in c.items()) for c in TOP_K_CASES])
+@pytest.mark.parametrize("seed", range(3))
+def test_top_k_candidates_are_the_processed_distribution(case, seed):
+    """The stages after a top-k run on its candidates alone: the same tokens kept with the same logits as
+    transformers' processors over the whole vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(50257, generator=g) * 3
+    context = torch.randint(0, 30, (60,), generator=g)
+    params = gpt2.SamplingParams(**case)
+    candidates = top_k_candidates(logits, context, params)
+    ref = hf_process(logits, context, params)
+    kept = candidates.logits > float("-inf")
+    assert sorted(candidates.ids[kept].tolist()) == torch.nonzero(ref > float("-inf")).flatten().tolist()
+    torch.testing.assert_close(candidates.logits[kept], ref[candidates.ids[kept]])
+
+
+def test_top_k_candidates_leave_what_they_cannot_do_to_the_full_path():
+    logits = torch.arange(100.0)
+    assert top_k_candidates(logits, [], gpt2.SamplingParams(top_k=5)) is not None
+    logits[94] = logits[95]  # the 5th and 6th largest tie: top-k keeps both
+    assert top_k_candidates(logits, [], gpt2.SamplingParams(top_k=5)) is None
+    for params, vocab in ((gpt2.SamplingParams(top_k=0), 2000), (gpt2.SamplingParams(temperature=0, top_k=5), 2000),
+                          (gpt2.SamplingParams(top_k=100), 100), (gpt2.SamplingParams(top_k=1025), 2000)):
+        assert top_k_candidates(torch.randn(vocab), [], params) is None
+    assert top_k_candidates(torch.randn(2, 100), [], gpt2.SamplingParams(top_k=5)) is None  # one row only
+
+
+def test_candidates_sampling_follows_their_distribution():
+    candidates = Candidates(torch.tensor([7, 3, 900]), torch.log(torch.tensor([0.7, 0.2, 0.1])))
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.tensor([sample_candidates(candidates, gen) for _ in range(4000)])
+    freq = torch.stack([(draws == t).float().mean() for t in (7, 3, 900)])
+    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.03)
 
 
 BAD = [
