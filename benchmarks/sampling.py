@@ -6,13 +6,15 @@ vocabulary. Sides, on one random GPT-2 124M (seeded, fp32, the machine's CPU or 
 
 - **hf**: ``transformers``' ``generate(do_sample=True, temperature, top_k)``, the reference;
 - **ours**: ``gpt2.generate`` with the same settings;
-- **ours, whole vocabulary**: the same with the candidates turned off (``top_k_candidates`` -> None), i.e.
-  every stage and the draw over all 50,257 logits, as before this path existed.
+- **ours, whole vocabulary**: the same with the candidates turned off (``top_k_candidates`` -> None): every
+  stage and the draw over all 50,257 logits (the top-k stage itself still takes the native top-k).
 
 Each side is warmed up once, then the sides alternate round by round (order reversed every round); tok/s is
 new tokens over the whole call (prefill included), medians over rounds; ``x hf`` is the median over rounds of
 hf's time over the side's in the same round. The draws differ between sides (each its own random stream);
-every side makes exactly ``--new-tokens`` tokens (no stop at <|endoftext|>).
+every side makes exactly ``--new-tokens`` tokens (no stop at <|endoftext|>). By default glibc's allocator is
+tuned as ``python app.py`` tunes it (``ui.memory``: blocks from 64 kB are mapped, so a vocabulary-sized
+temporary costs its page faults); ``--allocator default`` keeps glibc's defaults.
 
     python benchmarks/sampling.py                 # 9 rounds, T 0.8, top-k 40
     python benchmarks/sampling.py --top-k 200 --top-p 0.95
@@ -94,14 +96,21 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (the reference machine has 2 cores)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allocator", choices=("app", "default"), default="app",
+                    help="app: glibc tuned as app.main tunes it (ui.memory: mmap from 64 kB)")
     args = ap.parse_args()
+    if args.allocator == "app":
+        from ui import memory
+
+        memory.tune_allocator()  # first, as app.main does
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     params = gpt2.SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                  max_new_tokens=args.new_tokens, seed=args.seed, stop_at_eos=False)
     print(f"date:    {datetime.date.today()}")
     print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, device {device}")
-    print(f"torch {torch.__version__}, python {platform.python_version()}; load {load_average()} before the run")
+    print(f"torch {torch.__version__}, python {platform.python_version()}; load {load_average()} before the run; "
+          f"allocator: {args.allocator}")
     print(f"job:     random GPT-2 124M fp32, {args.prompt_tokens}-token prompt + {args.new_tokens} sampled tokens "
           f"(T {args.temperature}, top-k {args.top_k}, top-p {args.top_p}), {args.rounds} alternating rounds")
     torch.manual_seed(args.seed)
