@@ -230,7 +230,7 @@ def _details(logits, processed, token, trace, k, keep_logits, window_start, gree
 def _pick(logits: torch.Tensor, prev_ids: torch.Tensor, params: SamplingParams,
           gen: torch.Generator) -> tuple[torch.Tensor | Candidates, int]:
     """The processed distribution (logits, or a top-k's ``Candidates``) and the next token (its ``int`` is
-    the step's one device sync).
+    a device sync; a top-k's check for a tie at its boundary is another).
 
     Greedy only needs the arg-max: temperature 0 keeps just the
     arg-max token and every later filter keeps the top one, so only the repetition penalty and the n-gram

@@ -110,11 +110,12 @@ _TOPK_ROW = 2048  # elements per row of ``topk``'s first stage: torch's work arr
 
 
 def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.topk(x, k, dim=-1)`` (values, indices; largest first), in two stages on a CPU: the top ``k`` of
-    each row of ``_TOPK_ROW``, then of those. torch's CPU top-k takes a 16-byte work entry per element, 800 kB
-    for GPT-2's vocabulary: under the app's allocator (``ui.memory``: blocks over 64 kB are mapped from the
-    OS) each call maps and faults it in, 0.40 ms instead of 0.06 ms; a row's stays in the heap."""
-    found = _native_top_k(x, k) if x.dim() == 1 else None  # a decoding step's row: one native pass
+    """``torch.topk(x, k, dim=-1)`` (values, indices; largest first). One fp32 row on a CPU with k <= 64 (a
+    decoding step's): one native pass (``native.top_k``). Else on a CPU in two stages: the top ``k`` of each
+    row of ``_TOPK_ROW``, then of those. torch's CPU top-k takes a 16-byte work entry per element, 800 kB for
+    GPT-2's vocabulary: under the app's allocator (``ui.memory``: blocks over 64 kB are mapped from the OS)
+    each call maps and faults it in, 0.40 ms instead of 0.06 ms; a row's stays in the heap."""
+    found = _native_top_k(x, k) if x.dim() == 1 else None
     if found is not None:
         return found
     V = x.size(-1)
