@@ -193,7 +193,8 @@ def _sampler_probs(processed: torch.Tensor | Candidates, ids: np.ndarray) -> np.
         probs = dict(zip(processed.ids.tolist(), processed.logits.float().softmax(-1).tolist(), strict=True))
         return np.array([probs.get(i, 0.0) for i in ids.tolist()], np.float32)
     p = processed.cpu()
-    return np.exp(p.numpy()[ids] - _top_and_stats(p, 0)[1])
+    stats = logit_stats(p)
+    return np.exp(p.numpy()[ids] - (stats[1] if stats is not None else float(p.logsumexp(-1))))
 
 
 @stepwise

@@ -243,13 +243,17 @@ def attention_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
 _MAX_TOP = 64  # native.c's top_k keeps its candidates on the stack
 
 
+def _row_ok(x: torch.Tensor, k: int, low: int) -> bool:
+    """Whether ``x`` is one contiguous fp32 CPU row for the native loops, with ``low <= k <= 64``."""
+    return _fast_ok(x) and x.dim() == 1 and x.is_contiguous() and low <= k <= min(_MAX_TOP, x.numel())
+
+
 def logit_stats(x: torch.Tensor, k: int = 0) -> tuple[float, float, float, np.ndarray] | None:
     """``(max, logsumexp, entropy of the softmax in nats, indices of the k largest, largest first)`` of one
     row of fp32 logits on a CPU (``0 <= k <= 64``), read twice in one thread: what a decoding step's details
     need, without the vocabulary-sized temporaries and the OpenMP wake-ups of eight torch ops. None
-    elsewhere (then use torch). Values only: no gradient flows through them."""
-    if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 1 and x.is_contiguous()
-            and 0 <= k <= min(_MAX_TOP, x.numel()) and x.numel() and not getattr(_local, "off", False)):
+    elsewhere, or with a gradient wanted (then use torch)."""
+    if not _row_ok(x, k, low=0):
         return None
     lib = _lib()
     if lib is None:
@@ -263,7 +267,7 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``torch.topk(x, k)`` (values, indices; largest first, ties by the lower index) of one fp32 row on a CPU
     with no gradient wanted, ``1 <= k <= 64``, in one pass: 0.1 ms for GPT-2's vocabulary just after a
     decoding step, where torch's takes 0.5. None elsewhere (then use torch)."""
-    if not (_fast_ok(x) and x.dim() == 1 and x.is_contiguous() and 0 < k <= min(_MAX_TOP, x.numel())):
+    if not _row_ok(x, k, low=1):
         return None
     lib = _lib()
     if lib is None:
